@@ -84,8 +84,7 @@ error::error(errc code, const std::string& message, std::string sqlstate,
     : std::system_error(code, message), sqlstate_(std::move(sqlstate)),
       server_message_(std::move(server_message)), detail_(std::move(detail)),
       hint_(std::move(hint)), request_sent_(request_sent)
-{
-}
+{}
 
 bool is_connection_error(const std::error_code& ec) noexcept
 {

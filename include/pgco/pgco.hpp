@@ -1,0 +1,10 @@
+#pragma once
+
+/// Everything pgco offers, in one include.
+
+#include <pgco/config.hpp>
+#include <pgco/connection.hpp>
+#include <pgco/error.hpp>
+#include <pgco/log.hpp>
+#include <pgco/result.hpp>
+#include <pgco/types.hpp>

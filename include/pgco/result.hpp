@@ -1,0 +1,153 @@
+#pragma once
+
+#include <pgco/detail/value_traits.hpp>
+#include <pgco/error.hpp>
+#include <pgco/types.hpp>
+
+#include <boost/pfr/core.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+struct pg_result; // libpq's PGresult, kept out of user code
+
+namespace pgco {
+
+/// The complete result of one statement, owning libpq's buffer. Values are read in place.
+///
+/// Decoding is checked: `as<Row>()` compares the column count and every column's type with
+/// `Row` before it reads a value, and fails with `column_count_mismatch`, `type_mismatch`,
+/// `unexpected_null` or `invalid_value`, naming the column.
+class result
+{
+public:
+    result() noexcept = default;
+    /// Takes ownership of a libpq result.
+    explicit result(pg_result* r) noexcept : res_(r) {}
+
+    /// Number of rows.
+    std::size_t size() const noexcept;
+    /// True if there are no rows.
+    bool empty() const noexcept { return size() == 0; }
+    /// Number of columns.
+    std::size_t columns() const noexcept;
+    /// Name of column `c` as the server reported it.
+    std::string_view column_name(std::size_t c) const noexcept;
+    /// Type OID of column `c`.
+    oid column_type(std::size_t c) const noexcept;
+    /// True if the value at (`row`, `c`) is NULL.
+    bool is_null(std::size_t row, std::size_t c) const noexcept;
+    /// The text form of the value at (`row`, `c`); empty for NULL. Valid while `*this` lives.
+    std::string_view value(std::size_t row, std::size_t c) const noexcept;
+    /// Rows inserted, updated, deleted, selected... as in the command tag; 0 if none.
+    std::uint64_t rows_affected() const noexcept;
+
+    /// Decodes the value at (`row`, `c`) as `T` (use `std::optional<T>` where NULL may appear).
+    template <class T>
+    T get(std::size_t row, std::size_t c) const
+    {
+        check_column_type<T>(c);
+        return decode_field<T>(row, c);
+    }
+
+    /// Maps every row to `Row`: an aggregate whose fields match the columns in order (through
+    /// Boost.PFR), or a single value type for one-column results.
+    template <class Row>
+    std::vector<Row> as() const
+    {
+        check_shape<Row>();
+        std::vector<Row> rows;
+        rows.reserve(size());
+        for (std::size_t r = 0, n = size(); r < n; ++r)
+            rows.push_back(decode_row<Row>(r));
+        return rows;
+    }
+
+    /// Maps row `r` to `Row` (see `as`).
+    template <class Row>
+    Row row_as(std::size_t r) const
+    {
+        check_shape<Row>();
+        return decode_row<Row>(r);
+    }
+
+private:
+    [[noreturn]] void throw_count_mismatch(std::size_t expected) const;
+    [[noreturn]] void throw_type_mismatch(std::size_t c, const char* cpp_name) const;
+    [[noreturn]] void throw_null(std::size_t row, std::size_t c, const char* cpp_name) const;
+    [[noreturn]] void throw_invalid(std::size_t row, std::size_t c, const char* cpp_name) const;
+
+    template <class T>
+    void check_column_type(std::size_t c) const
+    {
+        using traits = detail::value_traits<T>;
+        if (c >= columns())
+            throw_count_mismatch(c + 1);
+        if (!traits::accepts(column_type(c)))
+            throw_type_mismatch(c, traits::cpp_name);
+    }
+
+    template <class Row>
+    void check_shape() const
+    {
+        if constexpr (detail::column_value<Row>) {
+            if (columns() != 1)
+                throw_count_mismatch(1);
+            check_column_type<Row>(0);
+        } else {
+            static_assert(std::is_aggregate_v<Row>,
+                          "pgco: a row type is a single value or a plain aggregate struct");
+            constexpr std::size_t n = boost::pfr::tuple_size_v<Row>;
+            if (columns() != n)
+                throw_count_mismatch(n);
+            [this]<std::size_t... I>(std::index_sequence<I...>)
+            {
+                (check_column_type<boost::pfr::tuple_element_t<I, Row>>(I), ...);
+            }
+            (std::make_index_sequence<n>{});
+        }
+    }
+
+    template <class T>
+    T decode_field(std::size_t row, std::size_t c) const
+    {
+        if constexpr (detail::is_optional<T>::value) {
+            if (is_null(row, c))
+                return std::nullopt;
+            return decode_field<typename T::value_type>(row, c);
+        } else {
+            if (is_null(row, c))
+                throw_null(row, c, detail::value_traits<T>::cpp_name);
+            T out{};
+            if (!detail::value_traits<T>::decode(value(row, c), out))
+                throw_invalid(row, c, detail::value_traits<T>::cpp_name);
+            return out;
+        }
+    }
+
+    template <class Row>
+    Row decode_row(std::size_t r) const
+    {
+        if constexpr (detail::column_value<Row>) {
+            return decode_field<Row>(r, 0);
+        } else {
+            Row row{};
+            boost::pfr::for_each_field(row, [&](auto& field, std::size_t c) {
+                field = decode_field<std::remove_cvref_t<decltype(field)>>(r, c);
+            });
+            return row;
+        }
+    }
+
+    struct deleter
+    {
+        void operator()(pg_result* r) const noexcept;
+    };
+    std::unique_ptr<pg_result, deleter> res_;
+};
+
+} // namespace pgco

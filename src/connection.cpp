@@ -1,0 +1,573 @@
+#include <pgco/connection.hpp>
+#include <pgco/log.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <libpq-fe.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdlib>
+#include <thread>
+#include <utility>
+
+namespace asio = boost::asio;
+
+namespace pgco {
+namespace detail {
+
+struct connection_impl
+{
+    explicit connection_impl(asio::any_io_executor e) : ex(std::move(e)), sock(ex) {}
+    ~connection_impl() { close(); }
+    connection_impl(const connection_impl&) = delete;
+
+    asio::any_io_executor ex;
+    PGconn* conn = nullptr;
+    // Watches libpq's socket for readiness. libpq owns the descriptor: it is always released,
+    // never closed, and released before libpq may close or replace it.
+    asio::posix::stream_descriptor sock;
+    std::string sql;    // NUL-terminated copy of the statement, reused between queries
+    std::string target; // redacted connection string, for messages
+    bool busy = false;
+    bool request_sent = false;
+    bool unfinished = false; // a cancelled request still has results to discard
+
+    void release_socket() noexcept
+    {
+        if (sock.is_open())
+            sock.release();
+    }
+
+    void close() noexcept
+    {
+        release_socket();
+        if (conn) {
+            PQfinish(conn);
+            conn = nullptr;
+        }
+        unfinished = false;
+    }
+};
+
+} // namespace detail
+
+namespace {
+
+using detail::connection_impl;
+using wait_type = asio::posix::stream_descriptor::wait_type;
+
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+struct busy_guard
+{
+    connection_impl& c;
+    explicit busy_guard(connection_impl& impl) : c(impl) { c.busy = true; }
+    ~busy_guard() { c.busy = false; }
+    busy_guard(const busy_guard&) = delete;
+};
+
+std::string trimmed(const char* s)
+{
+    std::string out = s ? s : "";
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' '))
+        out.pop_back();
+    return out;
+}
+
+void ensure_usable(const std::shared_ptr<connection_impl>& c)
+{
+    if (!c || !c->conn)
+        throw error(errc::connection_closed, "the connection is closed; connect it first");
+    if (c->busy)
+        throw error(errc::connection_busy,
+                    "another operation is running on this connection; await it first");
+}
+
+void log_notice(void*, const char* message)
+{
+    auto l = logger();
+    if (l->should_log(spdlog::level::info))
+        l->info("server notice: {}", trimmed(message));
+}
+
+// libpq does not report a SQLSTATE for failures while connecting; these messages are the
+// server's own for the conditions the retry layer cares about.
+std::string sqlstate_of_connect_failure(std::string_view msg)
+{
+    auto has = [&](std::string_view s) { return msg.find(s) != std::string_view::npos; };
+    if (has("too many clients") || has("remaining connection slots are reserved"))
+        return "53300";
+    if (has("the database system is starting up") || has("the database system is shutting down") ||
+        has("the database system is in recovery mode") ||
+        has("the database system is not yet accepting connections"))
+        return "57P03";
+    if (has("password authentication failed") || has("authentication failed"))
+        return "28P01";
+    if (has("no pg_hba.conf entry"))
+        return "28000";
+    if (has("database \"") && has("\" does not exist"))
+        return "3D000";
+    if (has("role \"") && has("\" does not exist"))
+        return "28000";
+    return {};
+}
+
+[[noreturn]] void throw_connect_failure(connection_impl& c, std::string why = {})
+{
+    if (why.empty() && c.conn)
+        why = trimmed(PQerrorMessage(c.conn));
+    bool needs_password = c.conn && PQconnectionNeedsPassword(c.conn);
+    c.close();
+    std::string sqlstate = sqlstate_of_connect_failure(why);
+    if (needs_password || sqlstate.starts_with("28")) {
+        throw error(errc::authentication_failed,
+                    "authentication failed for " + c.target + ": " + why, sqlstate, why, {}, {},
+                    false);
+    }
+    if (!sqlstate.empty() && sqlstate != "57P03" && sqlstate != "53300") {
+        throw error(errc::server_error,
+                    "the database server at " + c.target + " refused the connection: " + why,
+                    sqlstate, why, {}, {}, false);
+    }
+    throw error(errc::cannot_connect,
+                "P1001: cannot reach the database server at " + c.target + ": " + why, sqlstate,
+                why, {}, {}, false);
+}
+
+[[noreturn]] void throw_connection_lost(connection_impl& c, std::string why)
+{
+    if (why.empty() && c.conn)
+        why = trimmed(PQerrorMessage(c.conn));
+    bool sent = c.request_sent;
+    c.close();
+    throw error(errc::connection_lost, "P1017: server closed the connection: " + why, {}, why, {},
+                {}, sent);
+}
+
+// PQcancel blocks until the server acknowledges, so it runs on a short-lived thread of its
+// own. A detached thread rather than a pool: a server that never answers must not keep the
+// application from exiting.
+void request_cancel(PGconn* conn)
+{
+    PGcancel* cancel = PQgetCancel(conn);
+    if (!cancel)
+        return;
+    std::thread([cancel] {
+        char err[256];
+        if (!PQcancel(cancel, err, sizeof err))
+            logger()->warn("could not send the cancel request: {}", trimmed(err));
+        PQfreeCancel(cancel);
+    }).detach();
+}
+
+std::vector<std::string> split(std::string_view s)
+{
+    std::vector<std::string> parts;
+    std::size_t start = 0;
+    for (;;) {
+        auto comma = s.find(',', start);
+        parts.emplace_back(s.substr(start, comma - start));
+        if (comma == std::string_view::npos)
+            return parts;
+        start = comma + 1;
+    }
+}
+
+std::string join(const std::vector<std::string>& parts)
+{
+    std::string out;
+    for (std::size_t i = 0; i < parts.size(); ++i)
+        out += (i ? "," : "") + parts[i];
+    return out;
+}
+
+std::string env_or(const char* name, std::string fallback)
+{
+    const char* v = std::getenv(name);
+    return v && *v ? std::string(v) : fallback;
+}
+
+struct conn_params
+{
+    std::vector<std::pair<std::string, std::string>> kv;
+
+    std::string* find(std::string_view key)
+    {
+        for (auto& [k, v] : kv)
+            if (k == key)
+                return &v;
+        return nullptr;
+    }
+    void set(std::string_view key, std::string value)
+    {
+        if (auto* v = find(key))
+            *v = std::move(value);
+        else
+            kv.emplace_back(key, std::move(value));
+    }
+};
+
+conn_params parse_conninfo(const std::string& conninfo)
+{
+    char* err = nullptr;
+    PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+    if (!opts) {
+        // libpq's message may quote part of the string, password included: leave it out.
+        PQfreemem(err);
+        throw error(errc::invalid_configuration,
+                    "invalid connection string; build it with pool_options::from_url");
+    }
+    conn_params p;
+    for (auto* o = opts; o->keyword; ++o) {
+        // connect_timeout is pgco's to enforce: libpq ignores it in non-blocking mode.
+        if (o->val && std::string_view(o->keyword) != "connect_timeout")
+            p.kv.emplace_back(o->keyword, o->val);
+    }
+    PQconninfoFree(opts);
+    return p;
+}
+
+// Looks host names up through Asio (on its resolver thread) and hands libpq the addresses,
+// so that PQconnectPoll never calls the blocking getaddrinfo on the event loop.
+asio::awaitable<void> resolve_hosts(connection_impl& c, conn_params& p)
+{
+    std::string hostaddr = p.find("hostaddr") ? *p.find("hostaddr") : env_or("PGHOSTADDR", "");
+    std::string host = p.find("host") ? *p.find("host") : env_or("PGHOST", "");
+    if (!hostaddr.empty() || host.empty())
+        co_return; // addresses given, or the default Unix socket
+    std::string port = p.find("port") ? *p.find("port") : env_or("PGPORT", "");
+    auto hosts = split(host);
+    auto ports = port.empty() ? std::vector<std::string>{} : split(port);
+    if (ports.size() > 1 && ports.size() != hosts.size())
+        co_return; // libpq will report the mismatch itself
+
+    std::vector<std::string> out_hosts, out_addrs, out_ports;
+    std::string last_failure;
+    asio::ip::tcp::resolver resolver(c.ex);
+    for (std::size_t i = 0; i < hosts.size(); ++i) {
+        const std::string& h = hosts[i];
+        std::string pt = ports.empty() ? "" : ports.size() == 1 ? ports[0] : ports[i];
+        boost::system::error_code ec;
+        bool literal = !h.empty() && (asio::ip::make_address(h, ec), !ec);
+        if (h.empty() || h[0] == '/' || h[0] == '@' || literal) {
+            out_hosts.push_back(h);
+            out_addrs.push_back(literal ? h : "");
+            out_ports.push_back(pt);
+            continue;
+        }
+        auto [rec, endpoints] = co_await resolver.async_resolve(
+            h, pt.empty() ? "5432" : pt, asio::ip::tcp::resolver::numeric_service, use_tuple);
+        if (rec == asio::error::operation_aborted)
+            throw error(errc::cancelled, "connecting was cancelled");
+        if (rec) {
+            last_failure =
+                "could not translate host name \"" + h + "\" to address: " + rec.message();
+            continue; // like libpq: try the next host
+        }
+        for (const auto& e : endpoints) {
+            out_hosts.push_back(h);
+            out_addrs.push_back(e.endpoint().address().to_string());
+            out_ports.push_back(pt);
+        }
+    }
+    if (out_hosts.empty())
+        throw_connect_failure(c, last_failure);
+    p.set("host", join(out_hosts));
+    p.set("hostaddr", join(out_addrs));
+    if (!port.empty())
+        p.set("port", join(out_ports));
+}
+
+asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_options opts)
+{
+    connection_impl& c = *self;
+    conn_params p = parse_conninfo(opts.conninfo);
+    co_await resolve_hosts(c, p);
+    // Dead peers are noticed even on idle connections, unless the user chose otherwise.
+    if (!p.find("keepalives"))
+        p.set("keepalives", "1");
+    if (!p.find("keepalives_idle"))
+        p.set("keepalives_idle", "30");
+    if (!p.find("keepalives_interval"))
+        p.set("keepalives_interval", "10");
+    if (!p.find("keepalives_count"))
+        p.set("keepalives_count", "3");
+
+    std::vector<const char*> keys, values;
+    for (auto& [k, v] : p.kv) {
+        keys.push_back(k.c_str());
+        values.push_back(v.c_str());
+    }
+    keys.push_back(nullptr);
+    values.push_back(nullptr);
+
+    c.conn = PQconnectStartParams(keys.data(), values.data(), 0);
+    if (!c.conn)
+        throw error(errc::client_failure, "libpq could not allocate a connection");
+    if (PQstatus(c.conn) == CONNECTION_BAD)
+        throw_connect_failure(c);
+    PQsetNoticeProcessor(c.conn, &log_notice, nullptr);
+
+    auto status = PGRES_POLLING_WRITING;
+    while (status != PGRES_POLLING_OK) {
+        if (status == PGRES_POLLING_FAILED)
+            throw_connect_failure(c);
+        int fd = PQsocket(c.conn);
+        if (fd < 0)
+            throw_connect_failure(c);
+        // Re-read the socket each round: libpq opens a new one for each host it tries.
+        c.sock.assign(fd);
+        auto [ec] = co_await c.sock.async_wait(
+            status == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write,
+            use_tuple);
+        c.release_socket();
+        if (ec == asio::error::operation_aborted)
+            throw error(errc::cancelled, "connecting was cancelled");
+        if (ec)
+            throw_connect_failure(c, ec.message());
+        status = PQconnectPoll(c.conn);
+    }
+    if (PQsetnonblocking(c.conn, 1) != 0)
+        throw_connect_failure(c);
+    c.sock.assign(PQsocket(c.conn));
+}
+
+// Sends what libpq still buffers, then reads every result of the current request. Returns the
+// last result, or throws the first error. With `keep == false` results are discarded (used to
+// finish a cancelled request).
+asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, bool keep)
+{
+    connection_impl& c = *self;
+    result last;
+    PGresult* first_error = nullptr;
+    boost::system::error_code wait_ec;
+    std::string lost;
+    try {
+        for (int f; (f = PQflush(c.conn)) != 0;) {
+            if (f < 0) {
+                lost = trimmed(PQerrorMessage(c.conn));
+                break;
+            }
+            auto [ec] = co_await c.sock.async_wait(wait_type::wait_write, use_tuple);
+            if (ec || !c.conn) {
+                wait_ec = ec ? ec : asio::error::operation_aborted;
+                break;
+            }
+            if (!PQconsumeInput(c.conn)) {
+                lost = trimmed(PQerrorMessage(c.conn));
+                break;
+            }
+        }
+        while (!wait_ec && lost.empty()) {
+            while (!PQisBusy(c.conn)) {
+                PGresult* r = PQgetResult(c.conn);
+                if (!r)
+                    goto done;
+                switch (PQresultStatus(r)) {
+                case PGRES_FATAL_ERROR:
+                    if (!first_error) {
+                        first_error = r;
+                        r = nullptr;
+                    }
+                    break;
+                case PGRES_COPY_IN:
+                case PGRES_COPY_OUT:
+                case PGRES_COPY_BOTH:
+                    PQclear(r);
+                    PQclear(first_error);
+                    c.close();
+                    throw error(errc::client_failure,
+                                "COPY is not supported by pgco; the connection was closed");
+                default:
+                    if (keep) {
+                        last = result(r);
+                        r = nullptr;
+                    }
+                }
+                PQclear(r);
+            }
+            auto [ec] = co_await c.sock.async_wait(wait_type::wait_read, use_tuple);
+            if (ec || !c.conn) {
+                wait_ec = ec ? ec : asio::error::operation_aborted;
+                break;
+            }
+            // On failure libpq may still hold the server's last error (57P01, say): read it.
+            if (!PQconsumeInput(c.conn) && PQisBusy(c.conn))
+                lost = trimmed(PQerrorMessage(c.conn));
+        }
+    } catch (const boost::system::system_error& e) {
+        // co_await throws instead of waiting when cancellation was requested in between.
+        wait_ec = e.code();
+    }
+
+    PQclear(first_error);
+    if (!c.conn)
+        throw error(errc::connection_closed, "the connection was closed while a query was running",
+                    {}, {}, {}, {}, c.request_sent);
+    if (wait_ec == asio::error::operation_aborted) {
+        request_cancel(c.conn);
+        c.unfinished = true;
+        throw error(errc::cancelled, "the query was cancelled; the server was asked to stop it", {},
+                    {}, {}, {}, c.request_sent);
+    }
+    if (wait_ec)
+        throw_connection_lost(c, wait_ec.message());
+    throw_connection_lost(c, lost);
+
+done:
+    c.unfinished = false;
+    if (first_error && !keep) {
+        // The cancelled request's own error (57014) is expected; only a dead link matters.
+        PQclear(first_error);
+        if (PQstatus(c.conn) == CONNECTION_BAD)
+            throw_connection_lost(c, {});
+        co_return last;
+    }
+    if (first_error) {
+        std::unique_ptr<PGresult, decltype(&PQclear)> err(first_error, &PQclear);
+        auto field = [&](int code) { return trimmed(PQresultErrorField(first_error, code)); };
+        std::string sqlstate = field(PG_DIAG_SQLSTATE);
+        std::string primary = field(PG_DIAG_MESSAGE_PRIMARY);
+        std::string detail = field(PG_DIAG_MESSAGE_DETAIL);
+        std::string hint = field(PG_DIAG_MESSAGE_HINT);
+        if (primary.empty())
+            primary = trimmed(PQresultErrorMessage(first_error));
+        bool dead = PQstatus(c.conn) == CONNECTION_BAD;
+        std::string text = (sqlstate.empty() ? "" : sqlstate + ": ") + primary;
+        if (!detail.empty())
+            text += " (" + detail + ")";
+        bool sent = c.request_sent;
+        if (dead) {
+            c.close();
+            throw error(errc::connection_lost, "P1017: server closed the connection: " + text,
+                        sqlstate, primary, detail, hint, sent);
+        }
+        throw error(errc::server_error, text, sqlstate, primary, detail, hint, sent);
+    }
+    co_return last;
+}
+
+} // namespace
+
+connection::connection(executor_type ex) : impl_(std::make_shared<connection_impl>(std::move(ex)))
+{}
+
+connection::~connection()
+{
+    if (impl_)
+        impl_->close();
+}
+
+connection::connection(connection&&) noexcept = default;
+
+connection& connection::operator=(connection&& other) noexcept
+{
+    if (this != &other) {
+        if (impl_)
+            impl_->close();
+        impl_ = std::move(other.impl_);
+    }
+    return *this;
+}
+
+connection::executor_type connection::get_executor() const noexcept
+{
+    return impl_->ex;
+}
+
+bool connection::is_open() const noexcept
+{
+    return impl_ && impl_->conn && PQstatus(impl_->conn) == CONNECTION_OK;
+}
+
+bool connection::request_sent() const noexcept
+{
+    return impl_ && impl_->request_sent;
+}
+
+int connection::backend_pid() const noexcept
+{
+    return impl_ && impl_->conn ? PQbackendPID(impl_->conn) : 0;
+}
+
+void connection::close() noexcept
+{
+    if (impl_)
+        impl_->close();
+}
+
+asio::awaitable<void> connection::connect(const pool_options& opts)
+{
+    auto self = impl_;
+    if (self->busy)
+        throw error(errc::connection_busy, "another operation is running on this connection");
+    self->close();
+    busy_guard guard(*self);
+    self->request_sent = false;
+    self->target = opts.redacted();
+
+    if (opts.connect_timeout.count() > 0) {
+        // Whichever finishes first wins; the other is cancelled and awaited.
+        asio::steady_timer deadline(self->ex, opts.connect_timeout);
+        auto [order, connect_ex, timer_ec] =
+            co_await asio::experimental::make_parallel_group(
+                asio::co_spawn(self->ex, connect_steps(self, opts), asio::deferred),
+                deadline.async_wait(asio::deferred))
+                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        if (order[0] == 1 && !timer_ec) {
+            self->close();
+            throw error(errc::connect_timeout,
+                        "P1002: the database server at " + self->target +
+                            " was reached but timed out: no connection within " +
+                            std::to_string(opts.connect_timeout.count()) + " ms",
+                        {}, {}, {}, {}, false);
+        }
+        if (connect_ex) {
+            self->close();
+            std::rethrow_exception(connect_ex);
+        }
+    } else {
+        try {
+            co_await connect_steps(self, opts);
+        } catch (...) {
+            self->close();
+            throw;
+        }
+    }
+    logger()->info("Database connected successfully: {} (server {}, backend pid {})", self->target,
+                   PQserverVersion(self->conn), PQbackendPID(self->conn));
+}
+
+asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params)
+{
+    auto self = impl_;
+    ensure_usable(self);
+    busy_guard guard(*self);
+    if (self->unfinished)
+        co_await complete_request(self, false);
+
+    self->sql.assign(sql);
+    self->request_sent = false;
+    if (!PQsendQueryParams(self->conn, self->sql.c_str(), params.count, params.types, params.values,
+                           params.lengths, params.formats, 0)) {
+        // Nothing reached the server in a form it could run: without the closing Sync message
+        // an extended-protocol statement is never executed.
+        if (PQstatus(self->conn) == CONNECTION_BAD)
+            throw_connection_lost(*self, {});
+        throw error(errc::client_failure,
+                    "could not send the query: " + trimmed(PQerrorMessage(self->conn)));
+    }
+    self->request_sent = true;
+    co_return co_await complete_request(self, true);
+}
+
+} // namespace pgco

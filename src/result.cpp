@@ -1,0 +1,154 @@
+#include <pgco/result.hpp>
+#include <pgco/types.hpp>
+
+#include <libpq-fe.h>
+
+#include <charconv>
+#include <string>
+
+namespace pgco {
+
+std::string type_name(oid type)
+{
+    switch (type) {
+    case oids::bool_:
+        return "boolean";
+    case oids::bytea:
+        return "bytea";
+    case oids::char_:
+        return "\"char\"";
+    case oids::name:
+        return "name";
+    case oids::int8:
+        return "bigint";
+    case oids::int2:
+        return "smallint";
+    case oids::int4:
+        return "integer";
+    case oids::text:
+        return "text";
+    case oids::oid_:
+        return "oid";
+    case oids::json:
+        return "json";
+    case oids::float4:
+        return "real";
+    case oids::float8:
+        return "double precision";
+    case oids::unknown:
+        return "unknown";
+    case oids::bpchar:
+        return "character";
+    case oids::varchar:
+        return "character varying";
+    case oids::date:
+        return "date";
+    case oids::timestamp:
+        return "timestamp";
+    case oids::timestamptz:
+        return "timestamp with time zone";
+    case oids::numeric:
+        return "numeric";
+    case oids::uuid:
+        return "uuid";
+    case oids::jsonb:
+        return "jsonb";
+    default:
+        return "type " + std::to_string(type);
+    }
+}
+
+void result::deleter::operator()(pg_result* r) const noexcept
+{
+    PQclear(r);
+}
+
+std::size_t result::size() const noexcept
+{
+    return res_ ? static_cast<std::size_t>(PQntuples(res_.get())) : 0;
+}
+
+std::size_t result::columns() const noexcept
+{
+    return res_ ? static_cast<std::size_t>(PQnfields(res_.get())) : 0;
+}
+
+std::string_view result::column_name(std::size_t c) const noexcept
+{
+    const char* n = res_ ? PQfname(res_.get(), static_cast<int>(c)) : nullptr;
+    return n ? std::string_view(n) : std::string_view();
+}
+
+oid result::column_type(std::size_t c) const noexcept
+{
+    return res_ ? PQftype(res_.get(), static_cast<int>(c)) : 0;
+}
+
+bool result::is_null(std::size_t row, std::size_t c) const noexcept
+{
+    return PQgetisnull(res_.get(), static_cast<int>(row), static_cast<int>(c)) != 0;
+}
+
+std::string_view result::value(std::size_t row, std::size_t c) const noexcept
+{
+    auto r = static_cast<int>(row);
+    auto col = static_cast<int>(c);
+    return {PQgetvalue(res_.get(), r, col),
+            static_cast<std::size_t>(PQgetlength(res_.get(), r, col))};
+}
+
+std::uint64_t result::rows_affected() const noexcept
+{
+    if (!res_)
+        return 0;
+    std::string_view tuples = PQcmdTuples(res_.get());
+    std::uint64_t n = 0;
+    std::from_chars(tuples.data(), tuples.data() + tuples.size(), n);
+    return n;
+}
+
+namespace {
+
+std::string describe_column(const result& r, std::size_t c)
+{
+    return "column " + std::to_string(c + 1) + " ('" + std::string(r.column_name(c)) + "')";
+}
+
+} // namespace
+
+void result::throw_count_mismatch(std::size_t expected) const
+{
+    std::string names;
+    for (std::size_t c = 0; c < columns(); ++c)
+        names += (c ? ", " : "") + std::string(column_name(c));
+    throw error(errc::column_count_mismatch,
+                "the result has " + std::to_string(columns()) + " column(s) (" + names +
+                    ") but the row type expects " + std::to_string(expected));
+}
+
+void result::throw_type_mismatch(std::size_t c, const char* cpp_name) const
+{
+    throw error(errc::type_mismatch, describe_column(*this, c) + " has type " +
+                                         type_name(column_type(c)) + ", which cannot be read as " +
+                                         cpp_name);
+}
+
+void result::throw_null(std::size_t row, std::size_t c, const char* cpp_name) const
+{
+    throw error(errc::unexpected_null, describe_column(*this, c) + " is NULL in row " +
+                                           std::to_string(row + 1) + "; read it as std::optional<" +
+                                           cpp_name + "> instead of " + cpp_name);
+}
+
+void result::throw_invalid(std::size_t row, std::size_t c, const char* cpp_name) const
+{
+    auto text = value(row, c);
+    std::string shown(text.substr(0, 64));
+    if (text.size() > 64)
+        shown += "...";
+    throw error(errc::invalid_value, describe_column(*this, c) + " in row " +
+                                         std::to_string(row + 1) + ": cannot read '" + shown +
+                                         "' (" + type_name(column_type(c)) + ") as " + cpp_name);
+}
+
+} // namespace pgco

@@ -1,0 +1,432 @@
+// pgco::connection against the real server started by the CTest fixture.
+
+#include "support/server.hpp"
+
+#include <pgco/config.hpp>
+#include <pgco/connection.hpp>
+#include <pgco/log.hpp>
+
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <sstream>
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using asio::awaitable;
+using pgco::test::database_url;
+using pgco::test::run;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+awaitable<pgco::connection> connected(std::string url = database_url())
+{
+    pgco::connection c(co_await asio::this_coro::executor);
+    co_await c.connect(url);
+    co_return c;
+}
+
+/// Runs `op` and returns the pgco::error it throws; fails the test if it throws nothing.
+template <class Op>
+awaitable<pgco::error> expect_error(Op op)
+{
+    try {
+        co_await op();
+    } catch (const pgco::error& e) {
+        co_return e;
+    }
+    ADD_FAILURE() << "expected a pgco::error";
+    co_return pgco::error(pgco::errc::ok, "none");
+}
+
+long long ms_since(clock_type::time_point start)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count();
+}
+
+} // namespace
+
+TEST(connection, connects_and_runs_a_query)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        EXPECT_TRUE(c.is_open());
+        EXPECT_GT(c.backend_pid(), 0);
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 1"), 1);
+        EXPECT_EQ(co_await c.query_one<int>("SELECT pg_backend_pid()"), c.backend_pid());
+        EXPECT_TRUE(c.request_sent());
+    });
+}
+
+TEST(connection, resolves_host_names_through_asio)
+{
+    auto url = database_url();
+    auto host = url.find("127.0.0.1");
+    ASSERT_NE(host, std::string::npos);
+    url.replace(host, 9, "localhost");
+    run([&]() -> awaitable<void> {
+        auto c = co_await connected(url);
+        EXPECT_EQ(co_await c.query_one<std::string>("SELECT current_user::text"), "pgco");
+    });
+}
+
+TEST(connection, wrong_password_is_a_clear_error_without_the_password)
+{
+    const std::string wrong = "Wr0ng-Passw0rd-4711";
+    run([&]() -> awaitable<void> {
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await connected(pgco::test::url_with_password(wrong)); });
+        EXPECT_EQ(e.code(), pgco::errc::authentication_failed);
+        EXPECT_EQ(e.sqlstate(), "28P01");
+        EXPECT_NE(std::string(e.what()).find("password authentication failed"), std::string::npos)
+            << e.what();
+        EXPECT_EQ(std::string(e.what()).find(wrong), std::string::npos) << e.what();
+        EXPECT_EQ(std::string(e.what()).find(pgco::test::database_password()), std::string::npos);
+        EXPECT_FALSE(e.request_sent());
+    });
+}
+
+TEST(connection, password_never_reaches_the_log)
+{
+    std::ostringstream out;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+    auto captured = std::make_shared<spdlog::logger>("pgco", sink);
+    captured->set_level(spdlog::level::trace);
+    pgco::set_logger(captured);
+    run([&]() -> awaitable<void> {
+        auto c = co_await connected();
+        co_await c.query_one<int>("SELECT 1");
+        co_await expect_error([&]() -> awaitable<void> {
+            co_await connected(pgco::test::url_with_password("other-secret-99"));
+        });
+    });
+    pgco::set_logger(nullptr);
+    auto log = out.str();
+    EXPECT_NE(log.find("Database connected successfully"), std::string::npos) << log;
+    EXPECT_NE(log.find("***"), std::string::npos) << log;
+    EXPECT_EQ(log.find(pgco::test::database_password()), std::string::npos) << log;
+    EXPECT_EQ(log.find("other-secret-99"), std::string::npos) << log;
+}
+
+TEST(connection, connect_timeout_against_a_server_that_never_answers)
+{
+    run([]() -> awaitable<void> {
+        // The kernel completes the TCP handshake for a listening socket even though nobody
+        // ever accepts or answers: libpq's startup then waits forever without pgco's timer.
+        asio::ip::tcp::acceptor silent(co_await asio::this_coro::executor,
+                                       {asio::ip::make_address("127.0.0.1"), 0});
+        auto port = silent.local_endpoint().port();
+        auto opts = pgco::pool_options::from_url(
+            "postgresql://u:secret@127.0.0.1:" + std::to_string(port) + "/db?connect_timeout=1");
+        pgco::connection c(co_await asio::this_coro::executor);
+        auto start = clock_type::now();
+        auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.connect(opts); });
+        auto elapsed = ms_since(start);
+        EXPECT_EQ(e.code(), pgco::errc::connect_timeout) << e.what();
+        EXPECT_NE(std::string(e.what()).find("P1002"), std::string::npos) << e.what();
+        EXPECT_EQ(std::string(e.what()).find("secret"), std::string::npos) << e.what();
+        EXPECT_TRUE(pgco::is_connection_error(e));
+        EXPECT_GE(elapsed, 990);
+        EXPECT_LT(elapsed, 1500);
+        EXPECT_FALSE(c.is_open());
+    });
+}
+
+TEST(connection, refused_connection_is_reported_at_once)
+{
+    run([]() -> awaitable<void> {
+        // A port that was just free: bind, note it, close.
+        unsigned short port;
+        {
+            asio::ip::tcp::acceptor a(co_await asio::this_coro::executor,
+                                      {asio::ip::make_address("127.0.0.1"), 0});
+            port = a.local_endpoint().port();
+        }
+        auto start = clock_type::now();
+        auto e = co_await expect_error([&]() -> awaitable<void> {
+            co_await connected("postgresql://u:secret@127.0.0.1:" + std::to_string(port) + "/db");
+        });
+        EXPECT_EQ(e.code(), pgco::errc::cannot_connect) << e.what();
+        EXPECT_NE(std::string(e.what()).find("P1001"), std::string::npos) << e.what();
+        EXPECT_NE(std::string(e.what()).find("refused"), std::string::npos) << e.what();
+        EXPECT_TRUE(pgco::is_connection_error(e));
+        EXPECT_LT(ms_since(start), 1000);
+    });
+}
+
+TEST(connection, sql_error_carries_sqlstate_and_connection_stays_usable)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.execute("SELECT * FROM no_such_table"); });
+        EXPECT_EQ(e.code(), pgco::errc::server_error);
+        EXPECT_EQ(e.sqlstate(), "42P01");
+        EXPECT_NE(e.server_message().find("no_such_table"), std::string::npos);
+        EXPECT_NE(std::string(e.what()).find("42P01"), std::string::npos);
+        EXPECT_FALSE(pgco::is_connection_error(e));
+        EXPECT_TRUE(e.request_sent());
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 2"), 2);
+    });
+}
+
+TEST(connection, constraint_violation_has_detail)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        co_await c.execute("CREATE TEMP TABLE u (id int PRIMARY KEY)");
+        co_await c.execute("INSERT INTO u VALUES ($1)", 1);
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.execute("INSERT INTO u VALUES ($1)", 1); });
+        EXPECT_EQ(e.sqlstate(), "23505");
+        EXPECT_NE(e.detail().find("already exists"), std::string::npos) << e.detail();
+    });
+}
+
+struct item
+{
+    std::int32_t id;
+    std::string name;
+    std::optional<double> price;
+    bool active;
+};
+
+TEST(connection, maps_rows_to_structs_and_counts_affected_rows)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        co_await c.execute(
+            "CREATE TEMP TABLE items (id int, name text, price float8, active bool)");
+        auto inserted = co_await c.execute(
+            "INSERT INTO items VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)", 1, "pen", 1.5, true, 2,
+            std::string("ink"), std::optional<double>{}, false);
+        EXPECT_EQ(inserted, 2u);
+        auto rows = co_await c.query<item>("SELECT id, name, price, active FROM items ORDER BY id");
+        EXPECT_EQ(rows.size(), 2u);
+        if (rows.size() == 2) {
+            EXPECT_EQ(rows[0].id, 1);
+            EXPECT_EQ(rows[0].name, "pen");
+            EXPECT_EQ(rows[0].price, 1.5);
+            EXPECT_TRUE(rows[0].active);
+            EXPECT_EQ(rows[1].name, "ink");
+            EXPECT_FALSE(rows[1].price.has_value());
+            EXPECT_FALSE(rows[1].active);
+        }
+        auto ids = co_await c.query<std::int64_t>("SELECT id FROM items ORDER BY id");
+        EXPECT_EQ(ids, (std::vector<std::int64_t>{1, 2}));
+        EXPECT_EQ(co_await c.execute("UPDATE items SET active = true"), 2u);
+        auto none = co_await expect_error([&]() -> awaitable<void> {
+            co_await c.query_one<int>("SELECT id FROM items WHERE id = $1", 42);
+        });
+        EXPECT_EQ(none.code(), pgco::errc::no_rows);
+    });
+}
+
+TEST(connection, null_handling)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        EXPECT_EQ(co_await c.query_one<std::optional<int>>("SELECT NULL::int"), std::nullopt);
+        EXPECT_EQ(co_await c.query_one<std::optional<int>>("SELECT 7"), 7);
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.query_one<int>("SELECT NULL::int AS n"); });
+        EXPECT_EQ(e.code(), pgco::errc::unexpected_null);
+        EXPECT_NE(std::string(e.what()).find("'n'"), std::string::npos) << e.what();
+        // NULL parameters, typed and untyped
+        EXPECT_EQ(co_await c.query_one<std::optional<std::string>>("SELECT $1::text",
+                                                                   std::optional<std::string>{}),
+                  std::nullopt);
+        EXPECT_EQ(co_await c.query_one<bool>("SELECT $1::int IS NULL", std::nullopt), true);
+        EXPECT_EQ(co_await c.query_one<std::optional<std::int64_t>>("SELECT $1",
+                                                                    std::optional<std::int64_t>{}),
+                  std::nullopt);
+    });
+}
+
+template <class T>
+awaitable<void> expect_round_trip(pgco::connection& c, std::string_view cast, const T& value)
+{
+    std::string sql = "SELECT $1::" + std::string(cast);
+    auto back = co_await c.query_one<T>(sql, value);
+    EXPECT_EQ(back, value) << "through " << cast;
+}
+
+TEST(connection, every_parameter_type_round_trips)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        co_await expect_round_trip<std::int16_t>(c, "int2", -32768);
+        co_await expect_round_trip<std::int32_t>(c, "int4", std::numeric_limits<int>::max());
+        co_await expect_round_trip<std::int64_t>(c, "int8",
+                                                 std::numeric_limits<std::int64_t>::min());
+        co_await expect_round_trip<std::uint32_t>(c, "int8", 4'000'000'000u);
+        co_await expect_round_trip(c, "float8", 0.1);
+        co_await expect_round_trip(c, "float8", -1e300);
+        co_await expect_round_trip(c, "float8", std::numeric_limits<double>::infinity());
+        co_await expect_round_trip(c, "float4", 3.25f);
+        co_await expect_round_trip(c, "bool", true);
+        co_await expect_round_trip(c, "bool", false);
+        co_await expect_round_trip(c, "text", std::string("O'Reilly \"quoted\" ünïcødé ✓"));
+        co_await expect_round_trip(c, "text", std::string());
+        co_await expect_round_trip(c, "text", std::string("'); DROP TABLE items; --"));
+        co_await expect_round_trip(c, "int4", std::optional<int>(5));
+        co_await expect_round_trip(c, "text", std::optional<std::string>());
+        pgco::bytes blob{std::byte{0}, std::byte{1}, std::byte{0x7f}, std::byte{0xff},
+                         std::byte{0}};
+        co_await expect_round_trip(c, "bytea", blob);
+        co_await expect_round_trip(c, "bytea", pgco::bytes{});
+
+        auto nan = co_await c.query_one<double>("SELECT $1::float8",
+                                                std::numeric_limits<double>::quiet_NaN());
+        EXPECT_TRUE(std::isnan(nan));
+        std::string_view view = "a view, not NUL-terminated";
+        EXPECT_EQ(co_await c.query_one<std::string>("SELECT $1::text", view.substr(0, 6)),
+                  "a view");
+        const char* cstr = "c string";
+        EXPECT_EQ(co_await c.query_one<std::string>("SELECT $1", cstr), "c string");
+        // Untyped text parameters take the type the statement needs.
+        EXPECT_EQ(co_await c.query_one<std::string>("SELECT ($1::date + 1)::text", "2024-02-28"),
+                  "2024-02-29");
+        // Typed integer parameters compare with other integer widths.
+        EXPECT_EQ(co_await c.query_one<bool>("SELECT 5::int2 = $1", std::int64_t{5}), true);
+
+        auto bad = co_await expect_error([&]() -> awaitable<void> {
+            co_await c.query_one<std::string>("SELECT $1", std::string("nul\0byte", 8));
+        });
+        EXPECT_EQ(bad.code(), pgco::errc::invalid_parameter);
+        EXPECT_NE(std::string(bad.what()).find("$1"), std::string::npos);
+        EXPECT_FALSE(c.request_sent());
+    });
+}
+
+struct two_fields
+{
+    int a;
+    int b;
+};
+
+TEST(connection, row_shape_mismatches_are_clear_errors)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        auto count = co_await expect_error([&]() -> awaitable<void> {
+            co_await c.query<two_fields>("SELECT 1 AS a, 2 AS b, 3 AS c");
+        });
+        EXPECT_EQ(count.code(), pgco::errc::column_count_mismatch);
+        EXPECT_NE(std::string(count.what()).find("3 column"), std::string::npos) << count.what();
+
+        auto type = co_await expect_error([&]() -> awaitable<void> {
+            co_await c.query<two_fields>("SELECT 1 AS a, 'x'::text AS label");
+        });
+        EXPECT_EQ(type.code(), pgco::errc::type_mismatch);
+        EXPECT_NE(std::string(type.what()).find("'label'"), std::string::npos) << type.what();
+        EXPECT_NE(std::string(type.what()).find("text"), std::string::npos) << type.what();
+
+        auto range = co_await expect_error([&]() -> awaitable<void> {
+            co_await c.query_one<std::int16_t>("SELECT 70000 AS big");
+        });
+        EXPECT_EQ(range.code(), pgco::errc::invalid_value);
+        EXPECT_NE(std::string(range.what()).find("'big'"), std::string::npos) << range.what();
+
+        auto frac = co_await expect_error([&]() -> awaitable<void> {
+            co_await c.query_one<int>("SELECT 1.5::numeric AS ratio");
+        });
+        EXPECT_EQ(frac.code(), pgco::errc::invalid_value);
+
+        auto scalar = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.query<int>("SELECT 1, 2"); });
+        EXPECT_EQ(scalar.code(), pgco::errc::column_count_mismatch);
+        // The connection is fine after decoding errors.
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 3"), 3);
+    });
+}
+
+TEST(connection, cancellation_returns_promptly_and_connection_stays_usable)
+{
+    using namespace asio::experimental::awaitable_operators;
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        asio::steady_timer timer(co_await asio::this_coro::executor, 200ms);
+        auto start = clock_type::now();
+        auto winner = co_await (c.query_one<std::string>("SELECT pg_sleep(10)::text") ||
+                                timer.async_wait(asio::use_awaitable));
+        EXPECT_EQ(winner.index(), 1u); // the timer won, the query was cancelled
+        EXPECT_LT(ms_since(start), 1000);
+
+        // The next query waits for what is left of the cancelled one, which the server
+        // stopped: it finishes in far less than the 10 s the sleep would have taken.
+        start = clock_type::now();
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 41 + 1"), 42);
+        EXPECT_LT(ms_since(start), 2000);
+        EXPECT_TRUE(c.is_open());
+    });
+}
+
+TEST(connection, query_after_close_and_concurrent_use_are_errors)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        c.close();
+        EXPECT_FALSE(c.is_open());
+        auto closed =
+            co_await expect_error([&]() -> awaitable<void> { co_await c.execute("SELECT 1"); });
+        EXPECT_EQ(closed.code(), pgco::errc::connection_closed);
+
+        pgco::connection never(co_await asio::this_coro::executor);
+        auto unopened =
+            co_await expect_error([&]() -> awaitable<void> { co_await never.execute("SELECT 1"); });
+        EXPECT_EQ(unopened.code(), pgco::errc::connection_closed);
+
+        co_await c.connect(database_url());
+        auto ex = co_await asio::this_coro::executor;
+        bool first_done = false;
+        asio::co_spawn(
+            ex,
+            [&]() -> awaitable<void> {
+                co_await c.execute("SELECT pg_sleep(0.2)");
+                first_done = true;
+            },
+            asio::detached);
+        co_await asio::post(ex, asio::use_awaitable); // let it send its query
+        auto both =
+            co_await expect_error([&]() -> awaitable<void> { co_await c.execute("SELECT 1"); });
+        asio::steady_timer wait(ex, 1s);
+        while (!first_done && wait.expiry() > clock_type::now())
+            co_await asio::post(ex, asio::use_awaitable);
+        EXPECT_TRUE(first_done);
+        EXPECT_EQ(both.code(), pgco::errc::connection_busy);
+    });
+}
+
+TEST(connection, terminated_backend_is_a_connection_error)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        auto admin = co_await connected();
+        EXPECT_TRUE(
+            co_await admin.query_one<bool>("SELECT pg_terminate_backend($1)", c.backend_pid()));
+        co_await asio::steady_timer(co_await asio::this_coro::executor, 100ms)
+            .async_wait(asio::use_awaitable);
+        auto e =
+            co_await expect_error([&]() -> awaitable<void> { co_await c.execute("SELECT 1"); });
+        EXPECT_TRUE(pgco::is_connection_error(e)) << e.what();
+        EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
+        EXPECT_NE(std::string(e.what()).find("P1017"), std::string::npos) << e.what();
+        EXPECT_FALSE(c.is_open());
+    });
+}
