@@ -264,8 +264,11 @@ asio::awaitable<void> resolve_hosts(connection_impl& c, conn_params& p)
             out_ports.push_back(pt);
             continue;
         }
+        // Named, not a temporary inside the co_await: GCC 12 destroys conditional-expression
+        // temporaries twice across a suspension.
+        const std::string service = pt.empty() ? std::string("5432") : pt;
         auto [rec, endpoints] = co_await resolver.async_resolve(
-            h, pt.empty() ? "5432" : pt, asio::ip::tcp::resolver::numeric_service, use_tuple);
+            h, service, asio::ip::tcp::resolver::numeric_service, use_tuple);
         if (rec == asio::error::operation_aborted)
             throw error(errc::cancelled, "connecting was cancelled");
         if (rec) {
@@ -505,7 +508,7 @@ void connection::close() noexcept
         impl_->close();
 }
 
-asio::awaitable<void> connection::connect(const pool_options& opts)
+asio::awaitable<void> connection::connect(pool_options opts)
 {
     auto self = impl_;
     if (self->busy)

@@ -106,12 +106,12 @@ public:
     /// Opens the connection described by `opts.conninfo` within `opts.connect_timeout`,
     /// resolving host names through Asio. Throws `pgco::error`: `cannot_connect` (P1001),
     /// `connect_timeout` (P1002), `authentication_failed`. Messages never contain the password.
-    boost::asio::awaitable<void> connect(const pool_options& opts);
+    boost::asio::awaitable<void> connect(pool_options opts);
 
     /// Opens a connection from a URL (see `pool_options::from_url`).
     boost::asio::awaitable<void> connect(std::string_view url)
     {
-        return connect(pool_options::from_url(url));
+        co_await connect(pool_options::from_url(url));
     }
 
     /// Runs one statement with bound parameters; returns its complete result.

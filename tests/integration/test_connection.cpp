@@ -310,7 +310,7 @@ TEST(connection, every_parameter_type_round_trips)
         });
         EXPECT_EQ(bad.code(), pgco::errc::invalid_parameter);
         EXPECT_NE(std::string(bad.what()).find("$1"), std::string::npos);
-        EXPECT_FALSE(c.request_sent());
+        EXPECT_FALSE(bad.request_sent());
     });
 }
 

@@ -202,7 +202,8 @@ struct value_traits<bytes>
     static bool encode(const bytes& v, param_slot& p) noexcept
     {
         // Binary format: the bytes as they are, no escaping and no NUL problem.
-        p.value = reinterpret_cast<const char*>(v.data());
+        // An empty vector's data() may be null, which libpq would read as SQL NULL.
+        p.value = v.empty() ? "" : reinterpret_cast<const char*>(v.data());
         p.length = static_cast<int>(v.size());
         p.format = 1;
         p.type = oids::bytea;
