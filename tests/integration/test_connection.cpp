@@ -20,6 +20,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
 #include <limits>
 #include <optional>
 #include <sstream>
@@ -428,5 +430,57 @@ TEST(connection, terminated_backend_is_a_connection_error)
         EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
         EXPECT_NE(std::string(e.what()).find("P1017"), std::string::npos) << e.what();
         EXPECT_FALSE(c.is_open());
+    });
+}
+
+TEST(connection, backend_killed_mid_query_reports_the_request_as_sent)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        auto admin = co_await connected();
+        auto ex = co_await asio::this_coro::executor;
+        auto pid = c.backend_pid();
+        asio::co_spawn(
+            ex,
+            [&admin, pid, ex]() -> awaitable<void> {
+                co_await asio::steady_timer(ex, 200ms).async_wait(asio::use_awaitable);
+                co_await admin.execute("SELECT pg_terminate_backend($1)", pid);
+            },
+            asio::detached);
+        auto start = clock_type::now();
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.execute("SELECT pg_sleep(10)"); });
+        EXPECT_LT(ms_since(start), 2000);
+        EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
+        EXPECT_EQ(e.sqlstate(), "57P01") << e.what(); // the server said why before closing
+        EXPECT_TRUE(e.request_sent());
+        EXPECT_TRUE(pgco::is_connection_error(e));
+        EXPECT_FALSE(c.is_open());
+        // The same object connects again.
+        co_await c.connect(database_url());
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 5"), 5);
+    });
+}
+
+TEST(connection, unix_socket_and_key_value_strings)
+{
+    const char* state = std::getenv("PGCO_SANDBOX_STATE");
+    ASSERT_TRUE(state) << "needs the sandbox fixture (PGCO_SANDBOX_STATE)";
+    std::ifstream socket_file(std::string(state) + "/socketdir");
+    std::ifstream port_file(std::string(state) + "/port");
+    std::string socket_dir, port;
+    ASSERT_TRUE(std::getline(socket_file, socket_dir));
+    ASSERT_TRUE(std::getline(port_file, port));
+    run([&]() -> awaitable<void> {
+        // No name lookup for a socket path; local connections use trust authentication here.
+        auto local = co_await connected("host=" + socket_dir + " port=" + port +
+                                        " user=pgco dbname=pgco connect_timeout=5");
+        EXPECT_EQ(
+            co_await local.query_one<std::optional<std::string>>("SELECT inet_client_addr()::text"),
+            std::nullopt); // NULL: not a TCP connection
+        auto tcp = co_await connected("host=127.0.0.1 port=" + port + " user=pgco dbname=pgco " +
+                                      "password='" + pgco::test::database_password() + "'");
+        EXPECT_EQ(co_await tcp.query_one<std::string>("SELECT inet_client_addr()::text"),
+                  "127.0.0.1/32");
     });
 }
