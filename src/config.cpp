@@ -28,7 +28,28 @@ constexpr std::uint64_t max_timeout_seconds = 24 * 60 * 60;
 
 // libpq knows connect_timeout too, but ignores it for non-blocking connects; pgco enforces it
 // itself, so libpq must not see a value that would only look like it applies.
-constexpr std::array pgco_keys{"connection_limit"sv, "pool_timeout"sv, "connect_timeout"sv};
+constexpr std::array pgco_keys{
+    "connection_limit"sv,     "pool_timeout"sv, "connect_timeout"sv,
+    "max_waiters"sv,          "min_idle"sv,     "health_check_interval"sv,
+    "health_check_timeout"sv, "max_lifetime"sv, "idle_timeout"sv};
+
+// The duration parameters and where they go.
+std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
+{
+    if (key == "pool_timeout")
+        return &o.pool_timeout;
+    if (key == "connect_timeout")
+        return &o.connect_timeout;
+    if (key == "health_check_interval")
+        return &o.health_check_interval;
+    if (key == "health_check_timeout")
+        return &o.health_check_timeout;
+    if (key == "max_lifetime")
+        return &o.max_lifetime;
+    if (key == "idle_timeout")
+        return &o.idle_timeout;
+    return nullptr;
+}
 
 bool is_pgco_key(std::string_view key)
 {
@@ -382,11 +403,17 @@ pool_options parse(std::string_view text, std::string prefix)
             if (!limit)
                 invalid("a whole number from 1 to 100000");
             options.connection_limit = *limit;
+        } else if (key == "max_waiters" || key == "min_idle") {
+            auto count = parse_unsigned(value);
+            if (!count || *count > max_connection_limit)
+                invalid("a whole number from 0 to 100000");
+            (key == "max_waiters" ? options.max_waiters : options.min_idle) =
+                static_cast<std::size_t>(*count);
         } else {
             auto timeout = parse_seconds(value);
             if (!timeout)
                 invalid("seconds from 0 to 86400, such as 20 or 0.5; 0 means no limit");
-            (key == "pool_timeout" ? options.pool_timeout : options.connect_timeout) = *timeout;
+            *duration_field(options, key) = *timeout;
         }
     }
     std::string message;

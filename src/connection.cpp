@@ -1,3 +1,5 @@
+#include "connection_impl.hpp"
+
 #include <pgco/connection.hpp>
 #include <pgco/log.hpp>
 
@@ -24,46 +26,17 @@ namespace asio = boost::asio;
 namespace pgco {
 namespace detail {
 
-struct connection_impl
+connection_impl& impl_of(connection& c) noexcept
 {
-    explicit connection_impl(asio::any_io_executor e) : ex(std::move(e)), sock(ex) {}
-    ~connection_impl() { close(); }
-    connection_impl(const connection_impl&) = delete;
-
-    asio::any_io_executor ex;
-    PGconn* conn = nullptr;
-    // Watches libpq's socket for readiness. libpq owns the descriptor: it is always released,
-    // never closed, and released before libpq may close or replace it.
-    asio::posix::stream_descriptor sock;
-    std::string sql;    // NUL-terminated copy of the statement, reused between queries
-    std::string target; // redacted connection string, for messages
-    bool busy = false;
-    bool request_sent = false;
-    bool unfinished = false; // a cancelled request still has results to discard
-
-    void release_socket() noexcept
-    {
-        if (sock.is_open())
-            sock.release();
-    }
-
-    void close() noexcept
-    {
-        release_socket();
-        if (conn) {
-            PQfinish(conn);
-            conn = nullptr;
-        }
-        unfinished = false;
-    }
-};
+    return *c.impl_;
+}
 
 } // namespace detail
 
 namespace {
 
 using detail::connection_impl;
-using wait_type = asio::posix::stream_descriptor::wait_type;
+using wait_type = connection_impl::wait_type;
 
 constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
 
@@ -92,11 +65,21 @@ void ensure_usable(const std::shared_ptr<connection_impl>& c)
                     "another operation is running on this connection; await it first");
 }
 
-void log_notice(void*, const char* message)
+// Notices go to the log. A FATAL one (57P01 when the backend is terminated, 57P02, an idle
+// session timeout) arrives while no query runs, just before the server closes the socket:
+// it condemns the connection at once.
+void receive_notice(void* arg, const PGresult* notice)
 {
+    auto* c = static_cast<connection_impl*>(arg);
+    std::string_view severity = PQresultErrorField(notice, PG_DIAG_SEVERITY_NONLOCALIZED)
+                                    ? PQresultErrorField(notice, PG_DIAG_SEVERITY_NONLOCALIZED)
+                                    : "";
+    if (severity == "FATAL" || severity == "PANIC")
+        c->doomed = true;
     auto l = logger();
-    if (l->should_log(spdlog::level::info))
-        l->info("server notice: {}", trimmed(message));
+    auto level = c->doomed ? spdlog::level::warn : spdlog::level::info;
+    if (l->should_log(level))
+        l->log(level, "server notice: {}", trimmed(PQresultErrorMessage(notice)));
 }
 
 // libpq does not report a SQLSTATE for failures while connecting; these messages are the
@@ -318,7 +301,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
         throw error(errc::client_failure, "libpq could not allocate a connection");
     if (PQstatus(c.conn) == CONNECTION_BAD)
         throw_connect_failure(c);
-    PQsetNoticeProcessor(c.conn, &log_notice, nullptr);
+    PQsetNoticeReceiver(c.conn, &receive_notice, &c);
 
     auto status = PGRES_POLLING_WRITING;
     while (status != PGRES_POLLING_OK) {
@@ -360,7 +343,9 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
                 lost = trimmed(PQerrorMessage(c.conn));
                 break;
             }
-            auto [ec] = co_await c.sock.async_wait(wait_type::wait_write, use_tuple);
+            auto [ec] = co_await c.async_wait_ready(wait_type::wait_write, use_tuple);
+            if (std::exchange(c.recheck, false) && c.conn)
+                ec = {}; // ready already: not a cancellation
             if (ec || !c.conn) {
                 wait_ec = ec ? ec : asio::error::operation_aborted;
                 break;
@@ -398,7 +383,9 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
                 }
                 PQclear(r);
             }
-            auto [ec] = co_await c.sock.async_wait(wait_type::wait_read, use_tuple);
+            auto [ec] = co_await c.async_wait_ready(wait_type::wait_read, use_tuple);
+            if (std::exchange(c.recheck, false) && c.conn)
+                ec = {}; // ready already: not a cancellation
             if (ec || !c.conn) {
                 wait_ec = ec ? ec : asio::error::operation_aborted;
                 break;

@@ -45,6 +45,12 @@ public:
             return "the query returned no rows";
         case errc::client_failure:
             return "libpq failure";
+        case errc::pool_timeout:
+            return "P2024: timed out fetching a connection from the pool";
+        case errc::pool_closed:
+            return "the pool is closed";
+        case errc::pool_exhausted:
+            return "too many callers are waiting for a pooled connection";
         }
         return "unknown pgco error";
     }
@@ -55,6 +61,7 @@ public:
         case errc::cancelled:
             return std::errc::operation_canceled;
         case errc::connect_timeout:
+        case errc::pool_timeout:
             return std::errc::timed_out;
         case errc::cannot_connect:
             return std::errc::connection_refused;

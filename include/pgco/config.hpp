@@ -18,8 +18,15 @@ namespace pgco {
 /// | `connection_limit` | `connection_limit` | 10      | most connections the pool opens      |
 /// | `pool_timeout`     | `pool_timeout`     | 20 s    | longest wait for a pooled connection |
 /// | `connect_timeout`  | `connect_timeout`  | 10 s    | longest time to open one connection  |
+/// | `max_waiters`      | `max_waiters`      | 10000   | callers that may wait in `acquire`   |
+/// | `min_idle`         | `min_idle`         | 0       | connections kept open while idle     |
+/// | `health_check_interval` | `health_check_interval` | 30 s | ping idle connections this often |
+/// | `health_check_timeout`  | `health_check_timeout`  | 5 s  | longest wait for a ping          |
+/// | `max_lifetime`     | `max_lifetime`     | 30 min  | retire connections this old (±2.5 %) |
+/// | `idle_timeout`     | `idle_timeout`     | 10 min  | retire connections idle this long    |
 ///
-/// Timeouts are seconds and may have a fraction (`0.5`); `0` means no limit, as in libpq.
+/// Durations are seconds and may have a fraction (`0.5`); `0` means no limit (no health
+/// checks, no retirement), as in libpq.
 struct pool_options
 {
     /// The connection string handed to libpq, without pgco's own parameters.
@@ -30,6 +37,18 @@ struct pool_options
     std::chrono::milliseconds pool_timeout{std::chrono::seconds(20)};
     /// How long opening one connection may take, name lookup included; zero waits forever.
     std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
+    /// How many callers may wait in `acquire` at once; more fail at once with `pool_exhausted`.
+    std::size_t max_waiters = 10000;
+    /// How many connections the pool keeps open (and opens ahead of demand) while idle.
+    std::size_t min_idle = 0;
+    /// How often idle connections are pinged with `SELECT 1`; zero turns pinging off.
+    std::chrono::milliseconds health_check_interval{std::chrono::seconds(30)};
+    /// How long a ping may take before the connection counts as dead.
+    std::chrono::milliseconds health_check_timeout{std::chrono::seconds(5)};
+    /// Connections older than this are closed when next idle (with jitter); zero: never.
+    std::chrono::milliseconds max_lifetime{std::chrono::minutes(30)};
+    /// Connections idle longer than this are closed (down to `min_idle`); zero: never.
+    std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
 
     /// Parses a URI or `key=value` string. Throws `pgco::error` with
     /// `errc::invalid_configuration` naming the offending parameter; the message never

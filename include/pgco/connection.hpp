@@ -17,8 +17,11 @@
 
 namespace pgco {
 
+class connection;
+
 namespace detail {
 struct connection_impl;
+connection_impl& impl_of(connection& c) noexcept;
 
 /// Bound parameters in the parallel arrays `PQsendQueryParams` takes.
 struct params_view
@@ -169,6 +172,7 @@ public:
     void close() noexcept;
 
 private:
+    friend detail::connection_impl& detail::impl_of(connection& c) noexcept;
     std::shared_ptr<detail::connection_impl> impl_;
 };
 

@@ -43,6 +43,12 @@ enum class errc
     no_rows,
     /// libpq failed in a way that fits no other code (out of memory, protocol violation).
     client_failure,
+    /// P2024: no pooled connection became available within `pool_timeout`.
+    pool_timeout,
+    /// The pool is closed (or closing): it hands out no more connections.
+    pool_closed,
+    /// More than `max_waiters` callers were already waiting for a connection.
+    pool_exhausted,
 };
 
 /// The `std::error_category` of `pgco::errc`.
