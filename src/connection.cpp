@@ -9,7 +9,6 @@
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -311,7 +310,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
         if (fd < 0)
             throw_connect_failure(c);
         // Re-read the socket each round: libpq opens a new one for each host it tries.
-        c.sock.assign(fd);
+        c.assign_socket(fd);
         auto [ec] = co_await c.sock.async_wait(
             status == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write,
             use_tuple);
@@ -324,7 +323,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
     }
     if (PQsetnonblocking(c.conn, 1) != 0)
         throw_connect_failure(c);
-    c.sock.assign(PQsocket(c.conn));
+    c.assign_socket(PQsocket(c.conn));
 }
 
 // Sends what libpq still buffers, then reads every result of the current request. Returns the
@@ -343,9 +342,17 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
                 lost = trimmed(PQerrorMessage(c.conn));
                 break;
             }
-            auto [ec] = co_await c.async_wait_ready(wait_type::wait_write, use_tuple);
-            if (std::exchange(c.recheck, false) && c.conn)
-                ec = {}; // ready already: not a cancellation
+            // Waits for writability are rare (a request larger than the socket buffer) and
+            // can lose an edge in a multi-threaded reactor the same way reads could; a short
+            // timer bounds that case instead of a peek, which has no equivalent for writing.
+            asio::steady_timer nudge(c.ex, std::chrono::milliseconds(20));
+            auto [order, ec, timer_ec] =
+                co_await asio::experimental::make_parallel_group(
+                    c.sock.async_wait(wait_type::wait_write, asio::deferred),
+                    nudge.async_wait(asio::deferred))
+                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            if (order[0] == 1 && !timer_ec)
+                ec = {}; // the nudge: just try again
             if (ec || !c.conn) {
                 wait_ec = ec ? ec : asio::error::operation_aborted;
                 break;
@@ -383,9 +390,9 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
                 }
                 PQclear(r);
             }
-            auto [ec] = co_await c.async_wait_ready(wait_type::wait_read, use_tuple);
-            if (std::exchange(c.recheck, false) && c.conn)
-                ec = {}; // ready already: not a cancellation
+            auto [ec, n] = co_await c.async_wait_readable(use_tuple);
+            if (detail::readable_anyway(ec))
+                ec = {}; // libpq reads the EOF or error and reports it
             if (ec || !c.conn) {
                 wait_ec = ec ? ec : asio::error::operation_aborted;
                 break;

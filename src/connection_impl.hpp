@@ -5,11 +5,14 @@
 
 #include <pgco/connection.hpp>
 
-#include <boost/asio/async_result.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/buffer.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 
 #include <libpq-fe.h>
-#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <netinet/in.h>
 
 #include <string>
 #include <utility>
@@ -18,7 +21,8 @@ namespace pgco::detail {
 
 struct connection_impl
 {
-    using wait_type = boost::asio::posix::stream_descriptor::wait_type;
+    using socket_type = boost::asio::generic::stream_protocol::socket;
+    using wait_type = socket_type::wait_type;
 
     explicit connection_impl(boost::asio::any_io_executor e) : ex(std::move(e)), sock(ex) {}
     ~connection_impl() { close(); }
@@ -28,14 +32,13 @@ struct connection_impl
     PGconn* conn = nullptr;
     // Watches libpq's socket for readiness. libpq owns the descriptor: it is always released,
     // never closed, and released before libpq may close or replace it.
-    boost::asio::posix::stream_descriptor sock;
+    socket_type sock;
     std::string sql;    // NUL-terminated copy of the statement, reused between queries
     std::string target; // redacted connection string, for messages
     bool busy = false;
     bool request_sent = false;
     bool unfinished = false; // a cancelled request still has results to discard
     bool doomed = false;     // the server announced it is closing this connection (57P01...)
-    bool recheck = false;    // the last wait was cut short because the socket was ready
 
     void release_socket() noexcept
     {
@@ -74,31 +77,42 @@ struct connection_impl
         return true;
     }
 
-    /// Waits until the socket is ready for `w`, like `sock.async_wait`.
-    ///
-    /// Asio's epoll reactor is edge-triggered and never tries a wait speculatively: if another
-    /// thread's reactor run sees the socket turn ready between libpq's last read and this
-    /// registration, the edge is consumed with no operation queued and the wait would never
-    /// end. So after registering, look once more; if the socket is ready already, cut the wait
-    /// short (it completes with operation_aborted and `recheck` set) and let the caller ask
-    /// libpq again.
-    template <class Token>
-    auto async_wait_ready(wait_type w, Token&& token)
+    /// Wraps libpq's socket (TCP or Unix) for Asio, without taking ownership.
+    void assign_socket(int fd)
     {
-        return boost::asio::async_initiate<Token, void(boost::system::error_code)>(
-            [this, w](auto handler) {
-                recheck = false;
-                sock.async_wait(w, std::move(handler));
-                pollfd p{sock.native_handle(),
-                         static_cast<short>(w == wait_type::wait_read ? POLLIN : POLLOUT), 0};
-                if (::poll(&p, 1, 0) > 0) {
-                    recheck = true;
-                    sock.cancel();
-                }
-            },
-            token);
+        sockaddr_storage addr{};
+        socklen_t len = sizeof addr;
+        int family = ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0
+                         ? addr.ss_family
+                         : AF_INET;
+        sock.assign(socket_type::protocol_type(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd);
     }
+
+    /// Completes when data (or EOF, or an error) can be read, without consuming anything:
+    /// libpq does the reading.
+    ///
+    /// Why a one-byte MSG_PEEK receive and not `async_wait(wait_read)`: Asio's epoll reactor is
+    /// edge-triggered and never tries a wait speculatively, so when another thread's reactor
+    /// run sees the socket turn readable between libpq's last read and the registration of the
+    /// wait, the edge is consumed with no operation queued and the wait never ends. A receive
+    /// is tried speculatively under the reactor's descriptor lock, which closes that window.
+    template <class Token>
+    auto async_wait_readable(Token&& token)
+    {
+        return sock.async_receive(boost::asio::buffer(&peek_byte, 1),
+                                  boost::asio::socket_base::message_peek,
+                                  std::forward<Token>(token));
+    }
+
+    char peek_byte = 0;
 };
+
+/// Errors from `async_wait_readable` that still mean "go and ask libpq".
+inline bool readable_anyway(const boost::system::error_code& ec)
+{
+    return ec == boost::asio::error::eof || ec == boost::asio::error::connection_reset ||
+           ec == boost::asio::error::connection_aborted || ec == boost::asio::error::broken_pipe;
+}
 
 /// The implementation behind a connection (for the pool).
 connection_impl& impl_of(connection& c) noexcept;

@@ -6,5 +6,6 @@
 #include <pgco/connection.hpp>
 #include <pgco/error.hpp>
 #include <pgco/log.hpp>
+#include <pgco/pool.hpp>
 #include <pgco/result.hpp>
 #include <pgco/types.hpp>

@@ -2,6 +2,7 @@
 
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
+#include <pgco/detail/pool_policy.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -67,11 +68,11 @@ public:
 private:
     friend struct detail::pool_state;
     pooled_connection(std::shared_ptr<detail::pool_state> pool, std::unique_ptr<connection> c,
-                      std::uint64_t id) noexcept;
+                      const detail::conn_meta& meta) noexcept;
 
     std::shared_ptr<detail::pool_state> pool_;
     std::unique_ptr<connection> conn_;
-    std::uint64_t id_ = 0;
+    detail::conn_meta meta_;
 };
 
 /// A pool of PostgreSQL connections driven by one Asio executor.
@@ -117,7 +118,7 @@ public:
     boost::asio::awaitable<std::vector<Row>> query(std::string_view sql, const Params&... params)
     {
         auto c = co_await acquire();
-        co_return co_await c->query<Row>(sql, params...);
+        co_return co_await c->template query<Row>(sql, params...);
     }
 
     /// Runs one statement and maps its first row to `Row` (`errc::no_rows` if none).
@@ -125,7 +126,7 @@ public:
     boost::asio::awaitable<Row> query_one(std::string_view sql, const Params&... params)
     {
         auto c = co_await acquire();
-        co_return co_await c->query_one<Row>(sql, params...);
+        co_return co_await c->template query_one<Row>(sql, params...);
     }
 
     /// Runs one statement and returns the number of rows it affected.

@@ -1,0 +1,851 @@
+#include "connection_impl.hpp"
+
+#include <pgco/log.hpp>
+#include <pgco/pool.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/concurrent_channel.hpp>
+#include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <array>
+#include <csignal>
+#include <mutex>
+#include <random>
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+
+namespace pgco {
+namespace detail {
+
+// ---- time-dependent decisions (pool_policy.hpp) ----
+
+pool_clock::time_point retire_deadline(pool_clock::time_point created,
+                                       std::chrono::milliseconds max_lifetime, double jitter)
+{
+    if (max_lifetime.count() <= 0)
+        return pool_clock::time_point::max();
+    auto shortened = std::chrono::duration_cast<std::chrono::milliseconds>(
+        max_lifetime * (1.0 - 0.025 * std::clamp(jitter, 0.0, 1.0)));
+    return created + shortened;
+}
+
+idle_action decide_idle(const conn_meta& m, pool_clock::time_point now, const pool_options& o,
+                        bool above_min_idle, bool callers_waiting)
+{
+    if (now >= m.retire_at)
+        return idle_action::retire_lifetime;
+    if (o.idle_timeout.count() > 0 && above_min_idle && now - m.last_used >= o.idle_timeout)
+        return idle_action::retire_idle;
+    if (o.health_check_interval.count() > 0 && !callers_waiting &&
+        now - std::max(m.last_used, m.last_checked) >= o.health_check_interval)
+        return idle_action::ping;
+    return idle_action::keep;
+}
+
+std::chrono::milliseconds connect_backoff(unsigned failed_attempts)
+{
+    auto ms = 50ms * (1u << std::min(failed_attempts, 5u));
+    return std::min<std::chrono::milliseconds>(ms, 1s);
+}
+
+std::chrono::microseconds percentile(std::vector<std::chrono::microseconds> samples, double p)
+{
+    if (samples.empty())
+        return {};
+    auto rank = static_cast<std::size_t>(std::clamp(p, 0.0, 1.0) * (samples.size() - 1) + 0.5);
+    std::nth_element(samples.begin(), samples.begin() + rank, samples.end());
+    return samples[rank];
+}
+
+std::string pool_timeout_message(const pool_options& o, std::size_t open, std::size_t in_use,
+                                 std::size_t waiting, const std::string& last_connect_error)
+{
+    std::string msg = "P2024: timed out fetching a connection from the pool (connection_limit=" +
+                      std::to_string(o.connection_limit) +
+                      ", pool_timeout=" + std::to_string(o.pool_timeout.count()) + " ms): ";
+    if (!last_connect_error.empty())
+        return msg + "the database could not be reached: " + last_connect_error;
+    return msg + "all connections are busy (" + std::to_string(open) + " open, " +
+           std::to_string(in_use) + " in use, " + std::to_string(waiting) + " waiting)";
+}
+
+// ---- the shared state ----
+
+namespace {
+
+using permit_channel = asio::experimental::concurrent_channel<void(boost::system::error_code)>;
+constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+
+/// A one-shot event many coroutines can await from any thread: `fire()` closes the channel,
+/// which completes every pending and future receive.
+struct event
+{
+    explicit event(const asio::any_io_executor& ex) : ch(ex) {}
+    void fire() { ch.close(); }
+    asio::awaitable<void> wait() { co_await ch.async_receive(use_tuple); }
+    permit_channel ch;
+};
+
+} // namespace
+
+struct pooled_entry
+{
+    std::unique_ptr<connection> conn;
+    conn_meta meta;
+    std::uint64_t watch = 0; // generation of the idle watch armed on it
+};
+
+struct pool_state : std::enable_shared_from_this<pool_state>
+{
+    pool_state(asio::any_io_executor e, pool_options o)
+        : ex(std::move(e)), opts(std::move(o)), permits(ex, opts.connection_limit),
+          monitor_timer(ex), rng(std::random_device{}())
+    {
+        for (std::size_t i = 0; i < opts.connection_limit; ++i)
+            permits.try_send(boost::system::error_code{});
+        idle.reserve(opts.connection_limit);
+        waits.reserve(wait_window);
+        target = opts.redacted();
+    }
+
+    asio::any_io_executor ex;
+    const pool_options opts;
+    std::string target;
+    // One permit per connection that may be open: held by every borrowed connection, every
+    // connect in progress and every health check. Idle connections hold none; a caller that
+    // receives a permit takes an idle connection or opens one. The channel queues receivers in
+    // order, so waiters are served first come, first served.
+    permit_channel permits;
+    asio::steady_timer monitor_timer; // touched only by the monitor and under `mu`
+
+    mutable std::mutex mu;          // guards everything below
+    std::vector<pooled_entry> idle; // a stack: the most recently used is reused first
+    std::size_t in_use = 0, connecting = 0, checking = 0, waiting = 0;
+    bool closing = false;
+    std::uint64_t epoch = 0, next_watch = 0;
+    std::string last_connect_error; // cleared by the next successful connect
+    pool_stats counters;
+    static constexpr std::size_t wait_window = 1024;
+    std::vector<std::chrono::microseconds> waits; // the latest acquire waits, a ring
+    std::size_t waits_next = 0;
+    std::minstd_rand rng;
+    std::shared_ptr<event> reconnect_done; // set while a reconnect runs
+    std::shared_ptr<event> close_done;     // set once close() starts
+    std::unique_ptr<asio::signal_set> signals;
+
+    std::size_t open_locked() const { return idle.size() + in_use + checking; }
+
+    void record_wait_locked(pool_clock::duration d)
+    {
+        auto us = std::chrono::duration_cast<std::chrono::microseconds>(d);
+        if (waits.size() < wait_window)
+            waits.push_back(us);
+        else
+            waits[waits_next] = us;
+        waits_next = (waits_next + 1) % wait_window;
+    }
+
+    void release_permit()
+    {
+        // Boost 1.81's buffered channel forgets it has room after its last waiting receiver is
+        // cancelled (an acquire timing out): try_send then refuses. A blocked send still hands
+        // the permit to the next receiver, so nothing is lost; closing the channel ends it.
+        if (!permits.try_send(boost::system::error_code{}))
+            permits.async_send(boost::system::error_code{}, [](boost::system::error_code) {});
+    }
+
+    /// Closes a connection on the executor rather than on the caller's path.
+    void close_later(std::unique_ptr<connection> c)
+    {
+        if (!c)
+            return;
+        {
+            std::lock_guard lock(mu);
+            ++counters.connections_closed;
+        }
+        asio::post(ex, [c = std::move(c)]() mutable { c->close(); });
+    }
+
+    // ---- idle watch ----
+
+    /// Watches an idle connection's socket: input while idle means the server closed it (EOF,
+    /// or a FATAL message first) or sent something harmless (a notice). Called under `mu`.
+    void arm_watch_locked(pooled_entry& e)
+    {
+        auto& impl = impl_of(*e.conn);
+        e.watch = ++next_watch;
+        impl.async_wait_readable(
+            [w = weak_from_this(), gen = e.watch](boost::system::error_code ec, std::size_t) {
+                if (auto self = w.lock())
+                    self->on_idle_input(gen, ec);
+            });
+    }
+
+    void on_idle_input(std::uint64_t gen, boost::system::error_code ec)
+    {
+        std::unique_ptr<connection> dead;
+        {
+            std::lock_guard lock(mu);
+            auto it = std::find_if(idle.begin(), idle.end(),
+                                   [gen](const pooled_entry& e) { return e.watch == gen; });
+            if (it == idle.end())
+                return; // taken out of the pool since; the wait was cancelled for that
+            auto& impl = impl_of(*it->conn);
+            if (ec == asio::error::operation_aborted)
+                return;
+            if (impl.alive_after_idle_input()) {
+                arm_watch_locked(*it);
+                return;
+            }
+            dead = std::move(it->conn);
+            idle.erase(it);
+            ++counters.closed_by_server;
+        }
+        logger()->info("Idle connection closed by the server; dropped it from the pool");
+        close_later(std::move(dead));
+    }
+
+    /// Takes an entry out of the idle set (under `mu`) and stops watching it.
+    pooled_entry take_idle_locked()
+    {
+        pooled_entry e = std::move(idle.back());
+        idle.pop_back();
+        e.watch = 0;
+        impl_of(*e.conn).sock.cancel();
+        return e;
+    }
+
+    /// Puts a connection back into the idle set, or closes it if it is not fit or not wanted.
+    void give_back(std::unique_ptr<connection> c, conn_meta meta, bool borrowed)
+    {
+        auto now = pool_clock::now();
+        bool keep = impl_of(*c).reusable() && now < meta.retire_at;
+        {
+            std::lock_guard lock(mu);
+            (borrowed ? in_use : checking) -= 1;
+            keep = keep && !closing && meta.epoch == epoch;
+            if (keep) {
+                meta.last_used = borrowed ? now : meta.last_used;
+                idle.push_back({std::move(c), meta});
+                arm_watch_locked(idle.back());
+            }
+        }
+        if (!keep)
+            close_later(std::move(c));
+        release_permit();
+    }
+
+    // ---- acquiring ----
+
+    /// Waits for a permit until `deadline`. True if one was received.
+    asio::awaitable<bool> wait_permit(pool_clock::time_point deadline)
+    {
+        if (deadline == pool_clock::time_point::max()) {
+            auto [ec] = co_await permits.async_receive(use_tuple);
+            co_return !ec;
+        }
+        asio::steady_timer timer(ex, deadline);
+        auto [order, receive_ec, timer_ec] =
+            co_await asio::experimental::make_parallel_group(permits.async_receive(asio::deferred),
+                                                             timer.async_wait(asio::deferred))
+                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        // The receive can succeed even when the timer came first: then the permit is ours.
+        if (!receive_ec)
+            co_return true;
+        if (timer_ec && !closing_now())
+            throw error(errc::cancelled, "acquiring a connection was cancelled");
+        co_return false;
+    }
+
+    bool closing_now() const
+    {
+        std::lock_guard lock(mu);
+        return closing;
+    }
+
+    [[noreturn]] void throw_timeout()
+    {
+        std::string msg;
+        {
+            std::lock_guard lock(mu);
+            ++counters.acquire_timeouts;
+            msg = pool_timeout_message(opts, open_locked(), in_use, waiting, last_connect_error);
+        }
+        logger()->warn("{}", msg);
+        throw error(errc::pool_timeout, msg);
+    }
+
+    [[noreturn]] static void throw_closed()
+    {
+        throw error(errc::pool_closed, "the pool is closed");
+    }
+
+    /// Opens a new connection while holding a permit, retrying failures that waiting may cure
+    /// (refused, unreachable, starting up, too many clients) until `deadline`.
+    asio::awaitable<std::unique_ptr<connection>> open_connection(pool_clock::time_point deadline)
+    {
+        {
+            std::lock_guard lock(mu);
+            ++connecting;
+        }
+        struct connecting_guard
+        {
+            pool_state& s;
+            ~connecting_guard()
+            {
+                std::lock_guard lock(s.mu);
+                --s.connecting;
+            }
+        } guard{*this};
+
+        for (unsigned failures = 0;; ++failures) {
+            auto now = pool_clock::now();
+            if (now >= deadline)
+                throw_timeout();
+            pool_options attempt = opts;
+            if (deadline != pool_clock::time_point::max()) {
+                auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+                if (attempt.connect_timeout.count() == 0 || left < attempt.connect_timeout)
+                    attempt.connect_timeout = left;
+            }
+            auto c = std::make_unique<connection>(ex);
+            std::exception_ptr failure;
+            try {
+                co_await c->connect(std::move(attempt));
+            } catch (const error& e) {
+                bool curable = is_connection_error(e) ||
+                               e.sqlstate() == "53300"; // too many clients: wait for a slot
+                {
+                    std::lock_guard lock(mu);
+                    ++counters.connect_failures;
+                    last_connect_error = e.what();
+                }
+                if (e.code() == errc::cancelled || !curable)
+                    throw;
+                logger()->warn("Connection attempt {} failed: {}", failures + 1, e.what());
+                failure = std::current_exception();
+            }
+            if (!failure) {
+                std::lock_guard lock(mu);
+                ++counters.connections_opened;
+                last_connect_error.clear();
+                co_return c;
+            }
+            if (closing_now())
+                throw_closed();
+            // The last pause is cut to the time left, so a timeout comes at pool_timeout.
+            asio::steady_timer t(ex,
+                                 std::min(pool_clock::now() + connect_backoff(failures), deadline));
+            co_await t.async_wait(asio::use_awaitable);
+        }
+    }
+
+    conn_meta new_meta()
+    {
+        conn_meta m;
+        m.created = m.last_used = m.last_checked = pool_clock::now();
+        std::lock_guard lock(mu);
+        m.epoch = epoch;
+        m.retire_at = retire_deadline(m.created, opts.max_lifetime,
+                                      std::uniform_real_distribution<double>(0, 1)(rng));
+        return m;
+    }
+
+    // ---- background maintenance ----
+
+    /// Pings an idle connection with its own deadline. False if it failed or took too long.
+    asio::awaitable<bool> ping(connection& c)
+    {
+        asio::steady_timer timer(ex, opts.health_check_timeout);
+        // Named before the co_await: GCC 12 destroys lambdas made inside a co_await expression
+        // twice.
+        auto select_one = [&c]() -> asio::awaitable<void> { co_await c.execute("SELECT 1"); };
+        auto [order, ping_ex, timer_ec] =
+            co_await asio::experimental::make_parallel_group(
+                asio::co_spawn(ex, select_one, asio::deferred), timer.async_wait(asio::deferred))
+                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        co_return order[0] == 0 && !ping_ex;
+    }
+
+    asio::awaitable<void> maintain()
+    {
+        auto now = pool_clock::now();
+        std::vector<std::unique_ptr<connection>> retired;
+        std::vector<pooled_entry> to_ping;
+        {
+            std::lock_guard lock(mu);
+            if (closing)
+                co_return;
+            std::size_t open = open_locked();
+            for (auto it = idle.begin(); it != idle.end();) {
+                auto action = decide_idle(it->meta, now, opts, open > opts.min_idle, waiting > 0);
+                if (action == idle_action::retire_lifetime || action == idle_action::retire_idle) {
+                    it->watch = 0;
+                    impl_of(*it->conn).sock.cancel();
+                    retired.push_back(std::move(it->conn));
+                    it = idle.erase(it);
+                    --open;
+                } else if (action == idle_action::ping && permits.try_receive([](auto) {})) {
+                    it->watch = 0;
+                    impl_of(*it->conn).sock.cancel();
+                    ++checking;
+                    to_ping.push_back(std::move(*it));
+                    it = idle.erase(it);
+                } else {
+                    ++it;
+                }
+            }
+        }
+        if (!retired.empty())
+            logger()->debug("Retiring {} idle connection(s) (lifetime or idle timeout)",
+                            retired.size());
+        for (auto& c : retired)
+            close_later(std::move(c));
+
+        for (auto& e : to_ping) {
+            if (co_await ping(*e.conn)) {
+                e.meta.last_checked = pool_clock::now();
+                give_back(std::move(e.conn), e.meta, false);
+                continue;
+            }
+            logger()->warn("Health check failed, reconnecting...");
+            {
+                std::lock_guard lock(mu);
+                ++counters.health_check_failures;
+                --checking;
+            }
+            close_later(std::move(e.conn));
+            co_await refill(); // replace it, holding the permit the ping held
+        }
+        // Keep min_idle connections warm, one permit at a time.
+        for (;;) {
+            {
+                std::lock_guard lock(mu);
+                if (closing || open_locked() + connecting >= opts.min_idle)
+                    break;
+            }
+            if (!permits.try_receive([](auto) {}))
+                break;
+            co_await refill();
+        }
+    }
+
+    /// Opens one connection into the idle set using a permit the caller holds, and releases
+    /// the permit. Failures are logged: the next acquire will try again.
+    asio::awaitable<void> refill()
+    {
+        try {
+            auto c =
+                co_await open_connection(pool_clock::now() + std::max(opts.connect_timeout, 100ms));
+            {
+                std::lock_guard lock(mu);
+                ++checking; // give_back's bookkeeping for a connection nobody borrowed
+            }
+            give_back(std::move(c), new_meta(), false);
+        } catch (const std::exception& e) {
+            logger()->warn("Could not open a replacement connection: {}", e.what());
+            release_permit();
+        }
+    }
+
+    /// Sleeps for `tick` on the monitor timer. The timer is shared with `shutdown_now`, which
+    /// may run on another thread, so it is only touched under `mu`, the initiation included.
+    auto monitor_sleep(std::chrono::milliseconds tick)
+    {
+        return asio::async_initiate<decltype(use_tuple), void(boost::system::error_code)>(
+            [this, tick](auto handler) {
+                std::lock_guard lock(mu);
+                if (closing) {
+                    asio::post(ex, [h = std::move(handler)]() mutable {
+                        std::move(h)(asio::error::operation_aborted);
+                    });
+                    return;
+                }
+                monitor_timer.expires_after(tick);
+                monitor_timer.async_wait(std::move(handler));
+            },
+            use_tuple);
+    }
+
+    static asio::awaitable<void> monitor(std::weak_ptr<pool_state> weak)
+    {
+        for (;;) {
+            {
+                // Hold the state only while working, never while sleeping: the monitor must not
+                // keep a dropped pool alive.
+                auto self = weak.lock();
+                if (!self)
+                    co_return;
+                std::chrono::milliseconds tick = 1s;
+                if (self->opts.health_check_interval.count() > 0)
+                    tick = std::min(tick, self->opts.health_check_interval / 2 + 1ms);
+                auto sleep = self->monitor_sleep(tick);
+                self.reset();
+                auto [ec] = co_await std::move(sleep);
+                if (ec)
+                    co_return;
+            }
+            auto self = weak.lock();
+            if (!self)
+                co_return;
+            try {
+                co_await self->maintain();
+            } catch (const std::exception& e) {
+                logger()->warn("Pool maintenance failed: {}", e.what());
+            }
+        }
+    }
+
+    static asio::awaitable<pooled_connection> acquire(std::shared_ptr<pool_state> s)
+    {
+        auto start = pool_clock::now();
+        auto deadline = s->opts.pool_timeout.count() > 0 ? start + s->opts.pool_timeout
+                                                         : pool_clock::time_point::max();
+        if (s->closing_now())
+            s->throw_closed();
+
+        if (!s->permits.try_receive([](auto) {})) {
+            {
+                std::lock_guard lock(s->mu);
+                if (s->waiting >= s->opts.max_waiters)
+                    throw error(
+                        errc::pool_exhausted,
+                        "too many callers are waiting for a pooled connection (max_waiters=" +
+                            std::to_string(s->opts.max_waiters) + ")");
+                ++s->waiting;
+            }
+            bool got = false;
+            std::exception_ptr failure;
+            try {
+                got = co_await s->wait_permit(deadline);
+            } catch (...) {
+                failure = std::current_exception();
+            }
+            {
+                std::lock_guard lock(s->mu);
+                --s->waiting;
+            }
+            if (failure)
+                std::rethrow_exception(failure);
+            if (s->closing_now()) {
+                if (got)
+                    s->release_permit();
+                s->throw_closed();
+            }
+            if (!got)
+                s->throw_timeout();
+        }
+
+        // We hold a permit: reuse an idle connection, or open one.
+        for (;;) {
+            pooled_entry e;
+            {
+                std::lock_guard lock(s->mu);
+                if (s->closing) {
+                    s->release_permit();
+                    s->throw_closed();
+                }
+                if (s->idle.empty())
+                    break;
+                e = s->take_idle_locked();
+                ++s->in_use;
+            }
+            auto& impl = impl_of(*e.conn);
+            if (impl.reusable() && pool_clock::now() < e.meta.retire_at) {
+                std::lock_guard lock(s->mu);
+                ++s->counters.acquired;
+                s->record_wait_locked(pool_clock::now() - start);
+                co_return pooled_connection(s, std::move(e.conn), e.meta);
+            }
+            {
+                std::lock_guard lock(s->mu);
+                --s->in_use;
+            }
+            s->close_later(std::move(e.conn));
+        }
+
+        std::unique_ptr<connection> c;
+        try {
+            c = co_await s->open_connection(deadline);
+        } catch (...) {
+            s->release_permit();
+            throw;
+        }
+        auto meta = s->new_meta();
+        std::lock_guard lock(s->mu);
+        if (s->closing) {
+            s->release_permit();
+            s->throw_closed();
+        }
+        ++s->in_use;
+        ++s->counters.acquired;
+        s->record_wait_locked(pool_clock::now() - start);
+        logger()->debug("Pool opened connection ({} of {} open)", s->open_locked(),
+                        s->opts.connection_limit);
+        co_return pooled_connection(s, std::move(c), meta);
+    }
+
+    static asio::awaitable<void> close(std::shared_ptr<pool_state> s,
+                                       std::chrono::milliseconds drain_timeout)
+    {
+        std::shared_ptr<event> done;
+        bool first = false;
+        {
+            std::lock_guard lock(s->mu);
+            if (!s->close_done) {
+                s->close_done = std::make_shared<event>(s->ex);
+                first = true;
+            }
+            done = s->close_done;
+        }
+        if (!first) {
+            co_await done->wait();
+            co_return;
+        }
+        logger()->info("Closing the pool: draining in-flight work (up to {} ms)",
+                       drain_timeout.count());
+        s->shutdown_now();
+        // Borrowed connections come back as their holders finish; wait for them, bounded.
+        auto deadline = pool_clock::now() + drain_timeout;
+        asio::steady_timer t(s->ex);
+        for (;;) {
+            std::size_t busy;
+            {
+                std::lock_guard lock(s->mu);
+                busy = s->in_use + s->connecting + s->checking;
+            }
+            if (busy == 0)
+                break;
+            if (pool_clock::now() >= deadline) {
+                logger()->warn("{} connection(s) still busy after the drain timeout; they will be "
+                               "closed when returned",
+                               busy);
+                break;
+            }
+            t.expires_after(5ms);
+            co_await t.async_wait(use_tuple);
+        }
+        logger()->info("Pool closed");
+        done->fire();
+    }
+
+    /// Stops everything at once (destructor path and end of close).
+    void shutdown_now()
+    {
+        std::vector<pooled_entry> closing_idle;
+        {
+            std::lock_guard lock(mu);
+            closing = true;
+            monitor_timer.cancel();
+            for (auto& e : idle)
+                impl_of(*e.conn).sock.cancel();
+            closing_idle.swap(idle);
+            if (signals) {
+                boost::system::error_code ignored;
+                signals->cancel(ignored);
+                signals->clear(ignored);
+            }
+        }
+        permits.close(); // wakes every waiter; they find the pool closed
+        for (auto& e : closing_idle)
+            close_later(std::move(e.conn));
+    }
+};
+
+} // namespace detail
+
+using detail::pool_clock;
+
+// ---- pooled_connection ----
+
+pooled_connection::pooled_connection(std::shared_ptr<detail::pool_state> pool,
+                                     std::unique_ptr<connection> c,
+                                     const detail::conn_meta& meta) noexcept
+    : pool_(std::move(pool)), conn_(std::move(c)), meta_(meta)
+{}
+
+pooled_connection::pooled_connection(pooled_connection&& other) noexcept = default;
+
+pooled_connection& pooled_connection::operator=(pooled_connection&& other) noexcept
+{
+    if (this != &other) {
+        release();
+        pool_ = std::move(other.pool_);
+        conn_ = std::move(other.conn_);
+        meta_ = other.meta_;
+    }
+    return *this;
+}
+
+pooled_connection::~pooled_connection()
+{
+    release();
+}
+
+void pooled_connection::release() noexcept
+{
+    if (!conn_ || !pool_)
+        return;
+    auto pool = std::move(pool_);
+    try {
+        pool->give_back(std::move(conn_), meta_, true);
+    } catch (...) {
+        // Only allocation can fail here; the connection is then simply dropped.
+    }
+}
+
+// ---- pool ----
+
+pool::pool(executor_type ex, pool_options opts)
+    : state_(std::make_shared<detail::pool_state>(std::move(ex), std::move(opts)))
+{
+    if (state_->opts.connection_limit == 0)
+        throw error(errc::invalid_configuration, "connection_limit must be at least 1");
+    asio::co_spawn(state_->ex, detail::pool_state::monitor(state_), asio::detached);
+    logger()->debug("Pool created for {} (connection_limit={})", state_->target,
+                    state_->opts.connection_limit);
+}
+
+pool::~pool()
+{
+    state_->shutdown_now();
+}
+
+pool::executor_type pool::get_executor() const noexcept
+{
+    return state_->ex;
+}
+
+const pool_options& pool::options() const noexcept
+{
+    return state_->opts;
+}
+
+bool pool::is_closed() const noexcept
+{
+    std::lock_guard lock(state_->mu);
+    return state_->closing;
+}
+
+asio::awaitable<pooled_connection> pool::acquire()
+{
+    return detail::pool_state::acquire(state_);
+}
+
+asio::awaitable<bool> pool::is_connected(std::chrono::milliseconds timeout)
+{
+    auto s = state_;
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer timer(ex, timeout);
+    // Named before the co_await: GCC 12 destroys lambdas made inside a co_await expression
+    // twice (here that would drop a reference to the pool state too many).
+    auto check = [s]() -> asio::awaitable<void> {
+        auto c = co_await detail::pool_state::acquire(s);
+        co_await c->execute("SELECT 1");
+    };
+    auto [order, check_ex, timer_ec] =
+        co_await asio::experimental::make_parallel_group(asio::co_spawn(ex, check, asio::deferred),
+                                                         timer.async_wait(asio::deferred))
+            .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    co_return order[0] == 0 && !check_ex;
+}
+
+asio::awaitable<void> pool::reconnect()
+{
+    auto s = state_;
+    std::shared_ptr<detail::event> done;
+    std::vector<detail::pooled_entry> old;
+    {
+        std::lock_guard lock(s->mu);
+        if (s->closing)
+            s->throw_closed();
+        if (s->reconnect_done) {
+            done = s->reconnect_done; // one is running: wait for it instead of starting another
+        } else {
+            s->reconnect_done = std::make_shared<detail::event>(s->ex);
+            ++s->epoch;
+            ++s->counters.reconnects;
+            while (!s->idle.empty())
+                old.push_back(s->take_idle_locked());
+        }
+    }
+    if (done) {
+        co_await done->wait();
+        co_return;
+    }
+    logger()->info("Reconnecting: replacing {} idle connection(s); busy ones when returned",
+                   old.size());
+    for (auto& e : old)
+        s->close_later(std::move(e.conn));
+    // Open one fresh connection so the pool is warm again (and the database known to answer).
+    if (s->permits.try_receive([](auto) {}))
+        co_await s->refill();
+    std::shared_ptr<detail::event> finished;
+    {
+        std::lock_guard lock(s->mu);
+        finished = std::exchange(s->reconnect_done, nullptr);
+    }
+    finished->fire();
+}
+
+asio::awaitable<void> pool::close(std::chrono::milliseconds drain_timeout)
+{
+    return detail::pool_state::close(state_, drain_timeout);
+}
+
+void pool::close_on_signals(std::initializer_list<int> signal_numbers)
+{
+    auto s = state_;
+    std::lock_guard lock(s->mu);
+    if (s->closing)
+        return;
+    s->signals = std::make_unique<asio::signal_set>(s->ex);
+    if (signal_numbers.size() == 0) {
+        s->signals->add(SIGINT);
+        s->signals->add(SIGTERM);
+    }
+    for (int n : signal_numbers)
+        s->signals->add(n);
+    s->signals->async_wait([w = std::weak_ptr(s)](boost::system::error_code ec, int signal) {
+        auto self = w.lock();
+        if (ec || !self)
+            return;
+        logger()->info("Signal {} received: closing the pool gracefully", signal);
+        {
+            std::lock_guard lock(self->mu);
+            boost::system::error_code ignored;
+            // Let a second signal have its usual effect.
+            self->signals->clear(ignored);
+        }
+        asio::co_spawn(self->ex, detail::pool_state::close(self, std::chrono::seconds(10)),
+                       asio::detached);
+    });
+}
+
+pool_stats pool::stats() const
+{
+    std::lock_guard lock(state_->mu);
+    pool_stats st = state_->counters;
+    st.idle = state_->idle.size();
+    st.in_use = state_->in_use;
+    st.connecting = state_->connecting;
+    st.waiting = state_->waiting;
+    st.open = state_->open_locked();
+    st.acquire_wait_p50 = detail::percentile(state_->waits, 0.5);
+    st.acquire_wait_p99 = detail::percentile(state_->waits, 0.99);
+    return st;
+}
+
+} // namespace pgco
