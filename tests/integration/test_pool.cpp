@@ -4,6 +4,7 @@
 
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
+#include <pgco/log.hpp>
 #include <pgco/pool.hpp>
 
 #include <boost/asio/detached.hpp>
@@ -12,13 +13,19 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
 #include <gtest/gtest.h>
 
+#include <csignal>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +33,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -611,4 +619,122 @@ TEST(pool, connection_returns_when_the_holder_throws)
             co_await p.close();
         },
         10s);
+}
+
+TEST(pool, health_check_replaces_a_connection_whose_server_side_froze)
+{
+    // A stopped backend keeps its socket open and answers nothing: the idle watch sees no
+    // change, only the ping can tell. (The test process may signal the backend: it either runs
+    // as root or as the user that started the sandbox.)
+    std::ostringstream log;
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(log);
+    auto captured = std::make_shared<spdlog::logger>("pgco", sink);
+    captured->set_level(spdlog::level::debug);
+    pgco::set_logger(captured);
+    int frozen = 0;
+    run([&]() -> awaitable<void> {
+        pgco::pool p(co_await asio::this_coro::executor,
+                     pgco::pool_options::from_url(pool_url(
+                         "connection_limit=2&health_check_interval=0.3&health_check_timeout=0.3")));
+        frozen = co_await p.query_one<int>("SELECT pg_backend_pid()");
+        EXPECT_EQ(::kill(frozen, SIGSTOP), 0);
+        EXPECT_TRUE(co_await eventually([&] { return p.stats().health_check_failures >= 1; }, 5s));
+        EXPECT_TRUE(co_await eventually([&] { return p.stats().idle == 1; }, 5s));
+        auto fresh = co_await p.query_one<int>("SELECT pg_backend_pid()");
+        EXPECT_NE(fresh, frozen);
+        EXPECT_LE(p.stats().open, 2u);
+        co_await p.close();
+    });
+    if (frozen > 0) {
+        ::kill(frozen, SIGCONT); // it then finds its client gone and exits
+    }
+    pgco::set_logger(nullptr);
+    EXPECT_NE(log.str().find("Health check failed, reconnecting..."), std::string::npos)
+        << log.str();
+}
+
+TEST(pool, max_lifetime_and_idle_timeout_retire_connections)
+{
+    run([]() -> awaitable<void> {
+        pgco::pool aging(co_await asio::this_coro::executor,
+                         pgco::pool_options::from_url(pool_url("max_lifetime=0.4")));
+        auto first = co_await aging.query_one<int>("SELECT pg_backend_pid()");
+        EXPECT_EQ(co_await aging.query_one<int>("SELECT pg_backend_pid()"), first);
+        co_await sleep_for(500ms);
+        EXPECT_NE(co_await aging.query_one<int>("SELECT pg_backend_pid()"), first);
+        co_await aging.close();
+
+        pgco::pool idle(co_await asio::this_coro::executor,
+                        pgco::pool_options::from_url(pool_url("idle_timeout=0.2")));
+        co_await idle.execute("SELECT 1");
+        EXPECT_EQ(idle.stats().idle, 1u);
+        // Maintenance runs at least once a second.
+        EXPECT_TRUE(co_await eventually([&] { return idle.stats().idle == 0; }, 3s));
+        EXPECT_EQ(idle.stats().open, 0u);
+        co_await idle.close();
+    });
+}
+
+TEST(pool, min_idle_connections_are_opened_ahead_of_demand)
+{
+    run([]() -> awaitable<void> {
+        pgco::pool p(co_await asio::this_coro::executor,
+                     pgco::pool_options::from_url(pool_url("min_idle=2&idle_timeout=0.1")));
+        EXPECT_TRUE(co_await eventually([&] { return p.stats().idle == 2; }, 3s));
+        EXPECT_EQ(p.stats().connections_opened, 2u);
+        // idle_timeout never takes the pool below min_idle.
+        co_await sleep_for(1200ms);
+        EXPECT_EQ(p.stats().idle, 2u);
+        co_await p.close();
+    });
+}
+
+TEST(pool, close_on_signals_closes_gracefully_and_leaves_other_handlers_alone)
+{
+    run([]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        // The application's own handler for the same signal.
+        asio::signal_set own(ex, SIGTERM);
+        bool own_notified = false;
+        own.async_wait([&](boost::system::error_code ec, int) { own_notified = !ec; });
+
+        pgco::pool p(ex, pgco::pool_options::from_url(database_url()));
+        p.close_on_signals();
+        EXPECT_EQ(co_await p.query_one<int>("SELECT 1"), 1);
+        ::raise(SIGTERM);
+        EXPECT_TRUE(co_await eventually([&] { return p.is_closed() && own_notified; }, 3s));
+        EXPECT_TRUE(co_await eventually([&] { return p.stats().open == 0; }, 3s));
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await p.query_one<int>("SELECT 1"); });
+        EXPECT_EQ(e.code(), pgco::errc::pool_closed);
+    });
+}
+
+TEST(pool, stats_report_waits_and_counts)
+{
+    run([]() -> awaitable<void> {
+        pgco::pool p(co_await asio::this_coro::executor,
+                     pgco::pool_options::from_url(pool_url("connection_limit=1")));
+        auto ex = co_await asio::this_coro::executor;
+        int done = 0;
+        for (int i = 0; i < 5; ++i)
+            asio::co_spawn(
+                ex,
+                [&]() -> awaitable<void> {
+                    co_await p.execute("SELECT pg_sleep(0.02)");
+                    ++done;
+                },
+                asio::detached);
+        EXPECT_TRUE(co_await eventually([&] { return done == 5; }, 5s));
+        auto st = p.stats();
+        EXPECT_EQ(st.acquired, 5u);
+        EXPECT_EQ(st.connections_opened, 1u);
+        EXPECT_EQ(st.open, 1u);
+        EXPECT_EQ(st.idle, 1u);
+        EXPECT_EQ(st.waiting, 0u);
+        // Four callers waited behind one connection for ~20-80 ms each.
+        EXPECT_GE(st.acquire_wait_p99, 15ms);
+        EXPECT_LE(st.acquire_wait_p50, st.acquire_wait_p99);
+        co_await p.close();
+    });
 }
