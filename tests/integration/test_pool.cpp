@@ -738,3 +738,52 @@ TEST(pool, stats_report_waits_and_counts)
         co_await p.close();
     });
 }
+
+TEST(pool, waiters_are_served_first_come_first_served)
+{
+    run([]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        pgco::pool p(ex, pgco::pool_options::from_url(pool_url("connection_limit=1")));
+        auto held = co_await p.acquire();
+        std::vector<int> order;
+        for (int i = 0; i < 6; ++i) {
+            asio::co_spawn(
+                ex,
+                [&p, &order, i]() -> awaitable<void> {
+                    auto c = co_await p.acquire();
+                    order.push_back(i);
+                    co_await c->execute("SELECT 1");
+                },
+                asio::detached);
+            co_await sleep_for(5ms); // queue them one after the other
+        }
+        EXPECT_EQ(p.stats().waiting, 6u);
+        held.release();
+        EXPECT_TRUE(co_await eventually([&] { return order.size() == 6; }, 5s));
+        EXPECT_EQ(order, (std::vector<int>{0, 1, 2, 3, 4, 5}));
+        co_await p.close();
+    });
+}
+
+TEST(pool, connection_cancelled_mid_result_is_not_reused)
+{
+    using namespace asio::experimental::awaitable_operators;
+    run([]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        pgco::pool p(ex, pgco::pool_options::from_url(pool_url("connection_limit=1")));
+        int cancelled_pid = 0;
+        {
+            auto c = co_await p.acquire();
+            cancelled_pid = c->backend_pid();
+            asio::steady_timer timer(ex, 100ms);
+            auto winner = co_await (c->execute("SELECT pg_sleep(5)") ||
+                                    timer.async_wait(asio::use_awaitable));
+            EXPECT_EQ(winner.index(), 1u);
+        } // returned with results still pending
+        auto start = clock_type::now();
+        EXPECT_NE(co_await p.query_one<int>("SELECT pg_backend_pid()"), cancelled_pid);
+        EXPECT_LT(ms_since(start), 2000);
+        EXPECT_EQ(p.stats().open, 1u);
+        co_await p.close();
+    });
+}
