@@ -31,7 +31,8 @@ constexpr std::uint64_t max_timeout_seconds = 24 * 60 * 60;
 constexpr std::array pgco_keys{
     "connection_limit"sv,     "pool_timeout"sv, "connect_timeout"sv,
     "max_waiters"sv,          "min_idle"sv,     "health_check_interval"sv,
-    "health_check_timeout"sv, "max_lifetime"sv, "idle_timeout"sv};
+    "health_check_timeout"sv, "max_lifetime"sv, "idle_timeout"sv, "retry_attempts"sv,
+    "retry_backoff"sv, "retry_jitter"sv, "retry_deadline"sv, "retry_all"sv};
 
 // The duration parameters and where they go.
 std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
@@ -48,6 +49,8 @@ std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
         return &o.max_lifetime;
     if (key == "idle_timeout")
         return &o.idle_timeout;
+    if (key == "retry_deadline")
+        return &o.retry.deadline;
     return nullptr;
 }
 
@@ -409,6 +412,34 @@ pool_options parse(std::string_view text, std::string prefix)
                 invalid("a whole number from 0 to 100000");
             (key == "max_waiters" ? options.max_waiters : options.min_idle) =
                 static_cast<std::size_t>(*count);
+        } else if (key == "retry_attempts") {
+            auto count = parse_unsigned(value);
+            if (!count || *count > 100)
+                invalid("a whole number from 0 to 100");
+            options.retry.attempts = static_cast<unsigned>(*count);
+        } else if (key == "retry_backoff") {
+            std::vector<std::chrono::milliseconds> pauses;
+            std::string_view rest = value;
+            for (;;) {
+                auto comma = std::min(rest.find(','), rest.size());
+                auto pause = parse_seconds(rest.substr(0, comma));
+                if (!pause)
+                    invalid("a comma-separated list of seconds, such as 0,2,4");
+                pauses.push_back(*pause);
+                if (comma == rest.size())
+                    break;
+                rest.remove_prefix(comma + 1);
+            }
+            options.retry.backoff = std::move(pauses);
+        } else if (key == "retry_jitter") {
+            auto share = parse_seconds(value); // the same decimal syntax, read as a fraction
+            if (!share || *share > std::chrono::seconds(1))
+                invalid("a fraction from 0 to 1, such as 0.1");
+            options.retry.jitter = static_cast<double>(share->count()) / 1000.0;
+        } else if (key == "retry_all") {
+            if (value != "true" && value != "false" && value != "1" && value != "0")
+                invalid("true or false");
+            options.retry.retry_all = value == "true" || value == "1";
         } else {
             auto timeout = parse_seconds(value);
             if (!timeout)

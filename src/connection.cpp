@@ -334,6 +334,7 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
     connection_impl& c = *self;
     result last;
     PGresult* first_error = nullptr;
+    bool completed = false; // the server reported the statement complete
     boost::system::error_code wait_ec;
     std::string lost;
     try {
@@ -383,6 +384,7 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
                     throw error(errc::client_failure,
                                 "COPY is not supported by pgco; the connection was closed");
                 default:
+                    completed = true;
                     if (keep) {
                         last = result(r);
                         r = nullptr;
@@ -445,8 +447,12 @@ done:
         bool sent = c.request_sent;
         if (dead) {
             c.close();
-            throw error(errc::connection_lost, "P1017: server closed the connection: " + text,
-                        sqlstate, primary, detail, hint, sent);
+            error lost(errc::connection_lost, "P1017: server closed the connection: " + text,
+                       sqlstate, primary, detail, hint, sent);
+            // "Complete" came before the FATAL message: the commit at Sync may or may not have
+            // happened before the session ended.
+            lost.set_maybe_applied(sent && completed);
+            throw lost;
         }
         throw error(errc::server_error, text, sqlstate, primary, detail, hint, sent);
     }
@@ -552,8 +558,10 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
     if (self->unfinished)
         co_await complete_request(self, false);
 
-    self->sql.assign(sql);
     self->request_sent = false;
+    if (self->doomed) // the server said it is closing this session: nothing can reach it
+        throw_connection_lost(*self, "the server terminated the session");
+    self->sql.assign(sql);
     if (!PQsendQueryParams(self->conn, self->sql.c_str(), params.count, params.types, params.values,
                            params.lengths, params.formats, 0)) {
         // Nothing reached the server in a form it could run: without the closing Sync message

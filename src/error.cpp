@@ -51,6 +51,10 @@ public:
             return "the pool is closed";
         case errc::pool_exhausted:
             return "too many callers are waiting for a pooled connection";
+        case errc::commit_outcome_unknown:
+            return "the connection was lost during COMMIT and the outcome is unknown";
+        case errc::transaction_rolled_back:
+            return "the transaction was rolled back";
         }
         return "unknown pgco error";
     }
@@ -90,7 +94,8 @@ error::error(errc code, const std::string& message, std::string sqlstate,
              std::string server_message, std::string detail, std::string hint, bool request_sent)
     : std::system_error(code, message), sqlstate_(std::move(sqlstate)),
       server_message_(std::move(server_message)), detail_(std::move(detail)),
-      hint_(std::move(hint)), request_sent_(request_sent)
+      hint_(std::move(hint)), request_sent_(request_sent),
+      maybe_applied_(request_sent && sqlstate_.empty())
 {}
 
 bool is_connection_error(const std::error_code& ec) noexcept

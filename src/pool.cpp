@@ -294,7 +294,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
 
     /// Opens a new connection while holding a permit, retrying failures that waiting may cure
     /// (refused, unreachable, starting up, too many clients) until `deadline`.
-    asio::awaitable<std::unique_ptr<connection>> open_connection(pool_clock::time_point deadline)
+    asio::awaitable<std::unique_ptr<connection>> open_connection(pool_clock::time_point deadline,
+                                                                 bool single_attempt = false)
     {
         {
             std::lock_guard lock(mu);
@@ -332,7 +333,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     ++counters.connect_failures;
                     last_connect_error = e.what();
                 }
-                if (e.code() == errc::cancelled || !curable)
+                if (e.code() == errc::cancelled || !curable || single_attempt)
                     throw;
                 logger()->warn("Connection attempt {} failed: {}", failures + 1, e.what());
                 failure = std::current_exception();
@@ -508,7 +509,10 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         }
     }
 
-    static asio::awaitable<pooled_connection> acquire(std::shared_ptr<pool_state> s)
+    /// With `single_attempt`, a failed connect is reported at once (the retry layer owns the
+    /// backoff); otherwise connecting is retried until `pool_timeout`.
+    static asio::awaitable<pooled_connection> acquire(std::shared_ptr<pool_state> s,
+                                                      bool single_attempt = false)
     {
         auto start = pool_clock::now();
         auto deadline = s->opts.pool_timeout.count() > 0 ? start + s->opts.pool_timeout
@@ -578,7 +582,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
 
         std::unique_ptr<connection> c;
         try {
-            c = co_await s->open_connection(deadline);
+            c = co_await s->open_connection(deadline, single_attempt);
         } catch (...) {
             s->release_permit();
             throw;
@@ -846,6 +850,244 @@ pool_stats pool::stats() const
     st.acquire_wait_p50 = detail::percentile(state_->waits, 0.5);
     st.acquire_wait_p99 = detail::percentile(state_->waits, 0.99);
     return st;
+}
+
+// ---- the retry layer ----
+
+namespace detail {
+
+namespace {
+
+std::string describe(const error& e)
+{
+    std::string what = e.what();
+    // std::system_error appends ": <category message>", which repeats what pgco said.
+    auto tail = ": " + e.code().message();
+    if (what.size() > tail.size() && what.ends_with(tail))
+        what.resize(what.size() - tail.size());
+    return what;
+}
+
+} // namespace
+
+retry_loop::retry_loop(std::shared_ptr<pool_state> s, retry_mode mode, bool transaction)
+    : state(std::move(s)), mode_(mode), transaction_(transaction)
+{
+}
+
+asio::awaitable<pooled_connection> retry_loop::acquire()
+{
+    auto c = co_await pool_state::acquire(state, true);
+    if (retries_ > 0)
+        logger()->info(transaction_ ? "Retrying transaction after reconnection..."
+                                    : "Retrying query after reconnection...");
+    co_return c;
+}
+
+retry_loop::verdict retry_loop::failed(const error& e)
+{
+    const auto& policy = state->opts.retry;
+    if (retries_ == 0)
+        start_ = pool_clock::now();
+    any_maybe_applied_ = any_maybe_applied_ || e.maybe_applied();
+    history_.push_back(describe(e));
+    last_ = e;
+
+    bool retryable;
+    if (transaction_) {
+        // Before COMMIT was sent nothing of the transaction is kept, so replaying it from BEGIN
+        // is safe after any connection failure; commit_transaction resolves a lost COMMIT
+        // itself and reports only outcomes that must not be replayed.
+        auto code = e.code();
+        retryable = e.sqlstate() == "40001" || e.sqlstate() == "40P01" ||
+                    (classify(e) != retry_decision::fail && code != errc::commit_outcome_unknown);
+    } else {
+        auto decision = classify(e);
+        retryable = decision == retry_decision::retry ||
+                    (decision == retry_decision::retry_if_idempotent &&
+                     (mode_ == retry_mode::idempotent || policy.retry_all));
+    }
+    if (mode_ == retry_mode::never || policy.attempts == 0)
+        retryable = false;
+
+    auto l = logger();
+    if (!retryable) {
+        if (retries_ == 0) {
+            if (is_connection_error(e) && classify(e) == retry_decision::retry_if_idempotent)
+                l->warn("Connection lost after the query was sent; not retrying a statement "
+                        "that may have run (mark it idempotent to allow it): {}",
+                        history_.back());
+            return verdict::rethrow;
+        }
+        l->warn("Connection attempt {}/{} failed: {}", retries_, policy.attempts,
+                history_.back());
+        return verdict::give_up;
+    }
+    if (retries_ == 0) {
+        l->warn("Connection error detected, attempting to reconnect... ({})", history_.back());
+    } else {
+        l->warn("Connection attempt {}/{} failed: {}", retries_, policy.attempts,
+                history_.back());
+    }
+    if (retries_ >= policy.attempts)
+        return verdict::give_up;
+
+    next_pause_ = policy.pause_before(retries_ + 1);
+    if (policy.jitter > 0 && next_pause_.count() > 0) {
+        thread_local std::minstd_rand rng{std::random_device{}()};
+        auto extra = std::uniform_real_distribution<double>(0, policy.jitter)(rng);
+        next_pause_ += std::chrono::duration_cast<std::chrono::milliseconds>(next_pause_ * extra);
+    }
+    if (policy.deadline.count() > 0 &&
+        pool_clock::now() + next_pause_ >= start_ + policy.deadline) {
+        l->warn("Retry deadline of {} ms reached", policy.deadline.count());
+        return verdict::give_up;
+    }
+    ++retries_;
+    {
+        std::lock_guard lock(state->mu);
+        ++state->counters.query_retries;
+    }
+    return verdict::retry;
+}
+
+error retry_loop::final_error() const
+{
+    std::string story = std::string(transaction_ ? "Transaction" : "Query") + " failed after " +
+                        std::to_string(history_.size()) + " attempts:";
+    for (std::size_t i = 0; i < history_.size(); ++i)
+        story += " " + std::to_string(i + 1) + ") " + history_[i] + ";";
+    story.pop_back();
+    error e(static_cast<errc>(last_->code().value()), story, last_->sqlstate(),
+            last_->server_message(), last_->detail(), last_->hint(), last_->request_sent());
+    // If any attempt may have run, the statement as a whole may have.
+    e.set_maybe_applied(any_maybe_applied_);
+    return e;
+}
+
+asio::awaitable<void> retry_loop::pause()
+{
+    if (next_pause_.count() > 0) {
+        logger()->info("Retrying in {}ms...", next_pause_.count());
+        asio::steady_timer t(co_await asio::this_coro::executor, next_pause_);
+        co_await t.async_wait(asio::use_awaitable);
+    }
+}
+
+void retry_loop::succeeded() noexcept
+{
+    if (retries_ > 0) {
+        try {
+            logger()->info(transaction_ ? "Transaction succeeded after reconnection"
+                                        : "Query succeeded after reconnection");
+        } catch (...) {
+        }
+    }
+}
+
+asio::awaitable<void> begin_transaction(connection& c)
+{
+    co_await c.execute("BEGIN");
+}
+
+asio::awaitable<void> rollback_quietly(connection& c) noexcept
+{
+    if (!c.is_open())
+        co_return;
+    try {
+        co_await c.execute("ROLLBACK");
+    } catch (...) {
+        // The pool closes a connection it finds inside a transaction anyway.
+    }
+}
+
+asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c)
+{
+    // Recorded before COMMIT: after a lost answer, the only way to learn the outcome. NULL
+    // when the transaction wrote nothing, and then there is nothing to lose or to double.
+    auto xid = co_await c.query_one<std::optional<std::int64_t>>("SELECT txid_current_if_assigned()");
+    std::optional<error> lost;
+    try {
+        auto res = co_await c.exec("COMMIT");
+        if (res.command_status() == "ROLLBACK")
+            throw error(errc::transaction_rolled_back,
+                        "the transaction was rolled back: a statement in it failed");
+        co_return;
+    } catch (const error& e) {
+        if (!e.maybe_applied() || !is_connection_error(e))
+            throw; // COMMIT never reached the server, or the server said no: not committed
+        lost = e;
+    }
+    if (!xid)
+        co_return;
+
+    auto l = logger();
+    l->warn("Connection lost after COMMIT was sent; asking the server whether transaction {} "
+            "committed",
+            *xid);
+    const auto& policy = loop.state->opts.retry;
+    std::string why = lost->what();
+    for (unsigned attempt = 0; attempt <= policy.attempts; ++attempt) {
+        auto pause = policy.pause_before(attempt);
+        if (attempt > 0 && pause.count() > 0) {
+            asio::steady_timer t(co_await asio::this_coro::executor, pause);
+            co_await t.async_wait(asio::use_awaitable);
+        }
+        std::optional<std::string> status;
+        try {
+            auto other = co_await pool_state::acquire(loop.state, true);
+            status = co_await other->query_one<std::optional<std::string>>(
+                "SELECT txid_status($1)", *xid);
+        } catch (const error& e) {
+            if (!is_connection_error(e) && e.code() != errc::pool_timeout)
+                throw;
+            why = e.what();
+            continue;
+        }
+        if (status == "committed") {
+            l->info("Transaction {} did commit", *xid);
+            co_return;
+        }
+        if (status == "aborted") {
+            l->warn("Transaction {} was rolled back; replaying it", *xid);
+            throw error(errc::connection_lost,
+                        "P1017: the connection was lost during COMMIT and the transaction was "
+                        "rolled back",
+                        {}, {}, {}, {}, false);
+        }
+        if (status == "in progress") {
+            // The server is still finishing the backend that ran it; ask again shortly.
+            asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
+            co_await t.async_wait(asio::use_awaitable);
+            --attempt;
+            continue;
+        }
+        break; // NULL: the id is too old for the server to know
+    }
+    error unknown(errc::commit_outcome_unknown,
+                  "the connection was lost after COMMIT was sent and the server could not say "
+                  "whether transaction " +
+                      std::to_string(*xid) + " committed: " + why,
+                  {}, {}, {}, {}, true);
+    unknown.set_maybe_applied(true);
+    throw unknown;
+}
+
+} // namespace detail
+
+asio::awaitable<void> pool::after_failure(detail::retry_loop& loop,
+                                          detail::retry_loop::verdict verdict,
+                                          std::exception_ptr failure)
+{
+    using verdict_t = detail::retry_loop::verdict;
+    if (verdict == verdict_t::rethrow)
+        std::rethrow_exception(failure);
+    if (verdict == verdict_t::give_up) {
+        auto e = loop.final_error();
+        logger()->error("{}", e.what());
+        throw e;
+    }
+    co_await loop.pause();
 }
 
 } // namespace pgco

@@ -107,6 +107,12 @@ std::uint64_t result::rows_affected() const noexcept
     return n;
 }
 
+std::string_view result::command_status() const noexcept
+{
+    const char* status = res_ ? PQcmdStatus(res_.get()) : nullptr;
+    return status ? std::string_view(status) : std::string_view();
+}
+
 namespace {
 
 std::string describe_column(const result& r, std::size_t c)

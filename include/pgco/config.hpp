@@ -1,5 +1,7 @@
 #pragma once
 
+#include <pgco/retry.hpp>
+
 #include <chrono>
 #include <cstddef>
 #include <string>
@@ -24,6 +26,11 @@ namespace pgco {
 /// | `health_check_timeout`  | `health_check_timeout`  | 5 s  | longest wait for a ping          |
 /// | `max_lifetime`     | `max_lifetime`     | 30 min  | retire connections this old (±2.5 %) |
 /// | `idle_timeout`     | `idle_timeout`     | 10 min  | retire connections idle this long    |
+/// | `retry_attempts`   | `retry.attempts`   | 3       | attempts after a failed first try    |
+/// | `retry_backoff`    | `retry.backoff`    | 0,2,4   | pauses before the attempts (seconds) |
+/// | `retry_jitter`     | `retry.jitter`     | 0       | pauses lengthened by up to this share |
+/// | `retry_deadline`   | `retry.deadline`   | 0       | give up after this long; 0: never    |
+/// | `retry_all`        | `retry.retry_all`  | false   | treat every statement as idempotent  |
 ///
 /// Durations are seconds and may have a fraction (`0.5`); `0` means no limit (no health
 /// checks, no retirement), as in libpq.
@@ -49,6 +56,8 @@ struct pool_options
     std::chrono::milliseconds max_lifetime{std::chrono::minutes(30)};
     /// Connections idle longer than this are closed (down to `min_idle`); zero: never.
     std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
+    /// How the pool's query helpers and transactions repeat work after connection failures.
+    retry_policy retry;
 
     /// Parses a URI or `key=value` string. Throws `pgco::error` with
     /// `errc::invalid_configuration` naming the offending parameter; the message never

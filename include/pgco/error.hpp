@@ -49,6 +49,12 @@ enum class errc
     pool_closed,
     /// More than `max_waiters` callers were already waiting for a connection.
     pool_exhausted,
+    /// The connection was lost after COMMIT was sent and the server could not tell whether the
+    /// transaction committed. It is never retried: check the data before repeating it.
+    commit_outcome_unknown,
+    /// COMMIT found the transaction already failed (a statement in it raised an error that was
+    /// caught), so the server rolled it back.
+    transaction_rolled_back,
 };
 
 /// The `std::error_category` of `pgco::errc`.
@@ -85,12 +91,20 @@ public:
     /// True if the request had been (at least partly) sent to the server when it failed.
     bool request_sent() const noexcept { return request_sent_; }
 
+    /// True if the failed work may nevertheless have taken effect (see `pgco::maybe_applied`).
+    /// By default: the request was sent and the server reported no error for it.
+    bool maybe_applied() const noexcept { return maybe_applied_; }
+    /// Overrides `maybe_applied()`, for layers that know more (a success result before a
+    /// FATAL message; an earlier attempt of the same statement).
+    void set_maybe_applied(bool value) noexcept { maybe_applied_ = value; }
+
 private:
     std::string sqlstate_;
     std::string server_message_;
     std::string detail_;
     std::string hint_;
     bool request_sent_ = false;
+    bool maybe_applied_ = false;
 };
 
 /// True if the code says the connection itself failed (could not connect, timed out, lost).

@@ -3,13 +3,17 @@
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
 #include <pgco/detail/pool_policy.hpp>
+#include <pgco/retry.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <initializer_list>
+#include <optional>
+#include <type_traits>
 #include <memory>
 #include <string_view>
 #include <vector>
@@ -18,7 +22,8 @@ namespace pgco {
 
 namespace detail {
 struct pool_state;
-}
+class retry_loop;
+} // namespace detail
 
 /// Counters and gauges of a pool at one moment (see `pool::stats`).
 struct pool_stats
@@ -67,12 +72,101 @@ public:
 
 private:
     friend struct detail::pool_state;
+    friend class detail::retry_loop;
     pooled_connection(std::shared_ptr<detail::pool_state> pool, std::unique_ptr<connection> c,
                       const detail::conn_meta& meta) noexcept;
 
     std::shared_ptr<detail::pool_state> pool_;
     std::unique_ptr<connection> conn_;
     detail::conn_meta meta_;
+};
+
+namespace detail {
+
+/// The retry layer's loop around one statement or one transaction (state in the .cpp; the
+/// loop itself sits in the templates below so that no callable needs type erasure).
+class retry_loop
+{
+public:
+    enum class verdict
+    {
+        retry,   ///< pause, then try again
+        rethrow, ///< give the caller this error as it is
+        give_up, ///< throw `final_error()`: attempts were made and all failed
+    };
+
+    retry_loop(std::shared_ptr<pool_state> s, retry_mode mode, bool transaction);
+
+    /// A connection for the next try; connect failures surface at once (the loop owns the
+    /// backoff) instead of being retried until `pool_timeout`.
+    boost::asio::awaitable<pooled_connection> acquire();
+    /// Records a failure and decides. Logs the story.
+    verdict failed(const error& e);
+    /// The error to throw after giving up: the last one, with every attempt listed.
+    error final_error() const;
+    /// Waits before the next attempt (Asio timer; the caller's cancellation ends it).
+    boost::asio::awaitable<void> pause();
+    /// Records success (logs it when there were retries).
+    void succeeded() noexcept;
+
+    std::shared_ptr<pool_state> state;
+
+private:
+    retry_mode mode_;
+    bool transaction_;
+    unsigned retries_ = 0;
+    pool_clock::time_point start_;
+    std::chrono::milliseconds next_pause_{0};
+    std::vector<std::string> history_;
+    std::optional<error> last_;
+    bool any_maybe_applied_ = false;
+};
+
+boost::asio::awaitable<void> begin_transaction(connection& c);
+/// COMMITs; if the answer is lost after COMMIT was sent, asks the server (txid_status)
+/// whether the transaction committed instead of guessing.
+boost::asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c);
+boost::asio::awaitable<void> rollback_quietly(connection& c) noexcept;
+
+template <class A>
+struct awaitable_value;
+template <class T, class E>
+struct awaitable_value<boost::asio::awaitable<T, E>>
+{
+    using type = T;
+};
+
+} // namespace detail
+
+/// The statements of one transaction, all on one pooled connection (see `pool::transaction`).
+class transaction
+{
+public:
+    /// Runs a statement inside the transaction and maps every row to `Row`.
+    template <class Row, class... Params>
+    boost::asio::awaitable<std::vector<Row>> query(std::string_view sql, const Params&... params)
+    {
+        return conn_.query<Row>(sql, params...);
+    }
+    /// Runs a statement inside the transaction and maps its first row to `Row`.
+    template <class Row, class... Params>
+    boost::asio::awaitable<Row> query_one(std::string_view sql, const Params&... params)
+    {
+        return conn_.query_one<Row>(sql, params...);
+    }
+    /// Runs a statement inside the transaction; returns the rows it affected.
+    template <class... Params>
+    boost::asio::awaitable<std::uint64_t> execute(std::string_view sql, const Params&... params)
+    {
+        return conn_.execute(sql, params...);
+    }
+    /// The underlying connection.
+    connection& conn() noexcept { return conn_; }
+
+private:
+    friend class pool;
+    explicit transaction(connection& c) noexcept : conn_(c) {}
+    connection& conn_;
 };
 
 /// A pool of PostgreSQL connections driven by one Asio executor.
@@ -113,28 +207,137 @@ public:
     /// cannot cure (authentication, unknown database).
     boost::asio::awaitable<pooled_connection> acquire();
 
-    /// Runs one statement on a pooled connection and maps every row to `Row`.
+    /// Runs one statement on a pooled connection and maps every row to `Row`. Connection
+    /// failures are retried under `options().retry` where that cannot apply the statement
+    /// twice; pass `pgco::idempotent` first to allow more, `pgco::no_retry` to allow none.
     template <class Row, class... Params>
     boost::asio::awaitable<std::vector<Row>> query(std::string_view sql, const Params&... params)
     {
-        auto c = co_await acquire();
-        co_return co_await c->template query<Row>(sql, params...);
+        return query<Row>(retry_mode::automatic, sql, params...);
+    }
+    template <class Row, class... Params>
+    boost::asio::awaitable<std::vector<Row>> query(retry_mode mode, std::string_view sql,
+                                                   const Params&... params)
+    {
+        detail::retry_loop loop(state_, mode, false);
+        for (;;) {
+            auto verdict = detail::retry_loop::verdict::rethrow;
+            std::exception_ptr failure;
+            try {
+                auto c = co_await loop.acquire();
+                auto rows = co_await c->template query<Row>(sql, params...);
+                loop.succeeded();
+                co_return rows;
+            } catch (const error& e) {
+                verdict = loop.failed(e);
+                failure = std::current_exception();
+            }
+            co_await after_failure(loop, verdict, failure);
+        }
     }
 
-    /// Runs one statement and maps its first row to `Row` (`errc::no_rows` if none).
+    /// Runs one statement and maps its first row to `Row` (`errc::no_rows` if none); retried
+    /// like `query`.
     template <class Row, class... Params>
     boost::asio::awaitable<Row> query_one(std::string_view sql, const Params&... params)
     {
-        auto c = co_await acquire();
-        co_return co_await c->template query_one<Row>(sql, params...);
+        return query_one<Row>(retry_mode::automatic, sql, params...);
+    }
+    template <class Row, class... Params>
+    boost::asio::awaitable<Row> query_one(retry_mode mode, std::string_view sql,
+                                          const Params&... params)
+    {
+        detail::retry_loop loop(state_, mode, false);
+        for (;;) {
+            auto verdict = detail::retry_loop::verdict::rethrow;
+            std::exception_ptr failure;
+            try {
+                auto c = co_await loop.acquire();
+                auto row = co_await c->template query_one<Row>(sql, params...);
+                loop.succeeded();
+                co_return row;
+            } catch (const error& e) {
+                verdict = loop.failed(e);
+                failure = std::current_exception();
+            }
+            co_await after_failure(loop, verdict, failure);
+        }
     }
 
-    /// Runs one statement and returns the number of rows it affected.
+    /// Runs one statement and returns the number of rows it affected; retried like `query`.
     template <class... Params>
     boost::asio::awaitable<std::uint64_t> execute(std::string_view sql, const Params&... params)
     {
-        auto c = co_await acquire();
-        co_return co_await c->execute(sql, params...);
+        return execute(retry_mode::automatic, sql, params...);
+    }
+    template <class... Params>
+    boost::asio::awaitable<std::uint64_t> execute(retry_mode mode, std::string_view sql,
+                                                  const Params&... params)
+    {
+        detail::retry_loop loop(state_, mode, false);
+        for (;;) {
+            auto verdict = detail::retry_loop::verdict::rethrow;
+            std::exception_ptr failure;
+            try {
+                auto c = co_await loop.acquire();
+                auto n = co_await c->execute(sql, params...);
+                loop.succeeded();
+                co_return n;
+            } catch (const error& e) {
+                verdict = loop.failed(e);
+                failure = std::current_exception();
+            }
+            co_await after_failure(loop, verdict, failure);
+        }
+    }
+
+    /// Runs `fn(tx)` between BEGIN and COMMIT on one connection and returns what it returns.
+    ///
+    /// `fn` is a callable taking `pgco::transaction&` and returning an awaitable. If it
+    /// throws, the transaction is rolled back. After a serialization failure or deadlock
+    /// (40001, 40P01), or a connection failure before COMMIT was sent, the whole function is
+    /// replayed from BEGIN under `options().retry`: so `fn` may run more than once, and should
+    /// do nothing but database work. If the connection is lost after COMMIT was sent, the
+    /// transaction's id (recorded before COMMIT) is looked up after reconnecting: committed
+    /// means success, rolled back means replay, and only when the server cannot tell does it
+    /// fail, with `errc::commit_outcome_unknown`.
+    template <class F>
+    auto transaction(F fn) -> boost::asio::awaitable<
+        typename detail::awaitable_value<std::invoke_result_t<F&, pgco::transaction&>>::type>
+    {
+        using value_type =
+            typename detail::awaitable_value<std::invoke_result_t<F&, pgco::transaction&>>::type;
+        detail::retry_loop loop(state_, retry_mode::automatic, true);
+        for (;;) {
+            auto verdict = detail::retry_loop::verdict::rethrow;
+            std::exception_ptr failure;
+            pooled_connection c;
+            try {
+                c = co_await loop.acquire();
+                co_await detail::begin_transaction(*c);
+                pgco::transaction tx(*c);
+                if constexpr (std::is_void_v<value_type>) {
+                    co_await fn(tx);
+                    co_await detail::commit_transaction(loop, *c);
+                    loop.succeeded();
+                    co_return;
+                } else {
+                    value_type value = co_await fn(tx);
+                    co_await detail::commit_transaction(loop, *c);
+                    loop.succeeded();
+                    co_return value;
+                }
+            } catch (const error& e) {
+                verdict = loop.failed(e);
+                failure = std::current_exception();
+            } catch (...) {
+                failure = std::current_exception();
+            }
+            if (c)
+                co_await detail::rollback_quietly(*c);
+            c.release();
+            co_await after_failure(loop, verdict, failure);
+        }
     }
 
     /// True if the database answers `SELECT 1` within `timeout` on a pooled connection.
@@ -164,6 +367,11 @@ public:
     pool_stats stats() const;
 
 private:
+    /// Rethrows, gives up or waits before the next attempt, as `verdict` says.
+    static boost::asio::awaitable<void> after_failure(detail::retry_loop& loop,
+                                                      detail::retry_loop::verdict verdict,
+                                                      std::exception_ptr failure);
+
     std::shared_ptr<detail::pool_state> state_;
 };
 

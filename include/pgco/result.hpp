@@ -45,6 +45,8 @@ public:
     std::string_view value(std::size_t row, std::size_t c) const noexcept;
     /// Rows inserted, updated, deleted, selected... as in the command tag; 0 if none.
     std::uint64_t rows_affected() const noexcept;
+    /// The command tag, e.g. "INSERT 0 1", "COMMIT", "ROLLBACK".
+    std::string_view command_status() const noexcept;
 
     /// Decodes the value at (`row`, `c`) as `T` (use `std::optional<T>` where NULL may appear).
     template <class T>
