@@ -497,6 +497,22 @@ bool connection::request_sent() const noexcept
     return impl_ && impl_->request_sent;
 }
 
+connection::transaction_state connection::transaction_status() const noexcept
+{
+    if (!impl_ || !impl_->conn || impl_->busy)
+        return transaction_state::unknown;
+    switch (PQtransactionStatus(impl_->conn)) {
+    case PQTRANS_IDLE:
+        return transaction_state::idle;
+    case PQTRANS_INTRANS:
+        return transaction_state::in_transaction;
+    case PQTRANS_INERROR:
+        return transaction_state::failed;
+    default:
+        return transaction_state::unknown;
+    }
+}
+
 int connection::backend_pid() const noexcept
 {
     return impl_ && impl_->conn ? PQbackendPID(impl_->conn) : 0;

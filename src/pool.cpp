@@ -1003,6 +1003,9 @@ asio::awaitable<void> rollback_quietly(connection& c) noexcept
 
 asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c)
 {
+    if (c.transaction_status() == connection::transaction_state::failed)
+        throw error(errc::transaction_rolled_back,
+                    "the transaction was rolled back: a statement in it failed");
     // Recorded before COMMIT: after a lost answer, the only way to learn the outcome. NULL
     // when the transaction wrote nothing, and then there is nothing to lose or to double.
     auto xid = co_await c.query_one<std::optional<std::int64_t>>("SELECT txid_current_if_assigned()");

@@ -165,6 +165,17 @@ public:
     /// means the server cannot have run it, so repeating it cannot apply it twice.
     bool request_sent() const noexcept;
 
+    /// Where the session stands with respect to transactions.
+    enum class transaction_state
+    {
+        idle,           ///< outside any transaction
+        in_transaction, ///< inside a transaction block
+        failed,         ///< inside a transaction block that an error aborted
+        unknown,        ///< busy, closed or broken
+    };
+    /// The session's transaction state as of the last result.
+    transaction_state transaction_status() const noexcept;
+
     /// The server process serving this connection (as `pg_backend_pid()`), or 0.
     int backend_pid() const noexcept;
 
