@@ -31,7 +31,7 @@ constexpr std::uint64_t max_timeout_seconds = 24 * 60 * 60;
 constexpr std::array pgco_keys{
     "connection_limit"sv,     "pool_timeout"sv, "connect_timeout"sv,
     "max_waiters"sv,          "min_idle"sv,     "health_check_interval"sv,
-    "health_check_timeout"sv, "max_lifetime"sv, "idle_timeout"sv, "retry_attempts"sv,
+    "health_check_timeout"sv, "max_lifetime"sv, "idle_timeout"sv, "retry_attempts"sv, "query_timeout"sv,
     "retry_backoff"sv, "retry_jitter"sv, "retry_deadline"sv, "retry_all"sv};
 
 // The duration parameters and where they go.
@@ -51,6 +51,8 @@ std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
         return &o.idle_timeout;
     if (key == "retry_deadline")
         return &o.retry.deadline;
+    if (key == "query_timeout")
+        return &o.query_timeout;
     return nullptr;
 }
 

@@ -17,6 +17,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -332,6 +333,12 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
 asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, bool keep)
 {
     connection_impl& c = *self;
+    // Only with a query timeout does each wait race a timer: without one, a wait costs no
+    // timer at all.
+    std::optional<asio::steady_timer> deadline;
+    if (c.query_timeout.count() > 0)
+        deadline.emplace(c.ex, c.query_timeout);
+    bool timed_out = false;
     result last;
     PGresult* first_error = nullptr;
     bool completed = false; // the server reported the statement complete
@@ -346,6 +353,10 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
             // Waits for writability are rare (a request larger than the socket buffer) and
             // can lose an edge in a multi-threaded reactor the same way reads could; a short
             // timer bounds that case instead of a peek, which has no equivalent for writing.
+            if (deadline && deadline->expiry() <= asio::steady_timer::clock_type::now()) {
+                timed_out = true;
+                break;
+            }
             asio::steady_timer nudge(c.ex, std::chrono::milliseconds(20));
             auto [order, ec, timer_ec] =
                 co_await asio::experimental::make_parallel_group(
@@ -392,7 +403,21 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
                 }
                 PQclear(r);
             }
-            auto [ec, n] = co_await c.async_wait_readable(use_tuple);
+            boost::system::error_code ec;
+            if (deadline) {
+                auto [order, read_ec, n, timer_ec] =
+                    co_await asio::experimental::make_parallel_group(
+                        c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred))
+                        .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+                if (order[0] == 1 && !timer_ec) {
+                    timed_out = true;
+                    break;
+                }
+                ec = read_ec;
+            } else {
+                auto [read_ec, n] = co_await c.async_wait_readable(use_tuple);
+                ec = read_ec;
+            }
             if (detail::readable_anyway(ec))
                 ec = {}; // libpq reads the EOF or error and reports it
             if (ec || !c.conn) {
@@ -409,6 +434,16 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
     }
 
     PQclear(first_error);
+    if (timed_out && c.conn) {
+        request_cancel(c.conn);
+        bool sent = c.request_sent;
+        c.close();
+        throw error(errc::query_timeout,
+                    "P1008: the query did not complete within " +
+                        std::to_string(c.query_timeout.count()) +
+                        " ms; the connection was closed",
+                    {}, {}, {}, {}, sent);
+    }
     if (!c.conn)
         throw error(errc::connection_closed, "the connection was closed while a query was running",
                     {}, {}, {}, {}, c.request_sent);
@@ -511,6 +546,11 @@ connection::transaction_state connection::transaction_status() const noexcept
     default:
         return transaction_state::unknown;
     }
+}
+
+void connection::set_query_timeout(std::chrono::milliseconds timeout) noexcept
+{
+    impl_->query_timeout = timeout;
 }
 
 int connection::backend_pid() const noexcept

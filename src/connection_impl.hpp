@@ -14,6 +14,7 @@
 
 #include <netinet/in.h>
 
+#include <chrono>
 #include <string>
 #include <utility>
 
@@ -39,6 +40,7 @@ struct connection_impl
     bool request_sent = false;
     bool unfinished = false; // a cancelled request still has results to discard
     bool doomed = false;     // the server announced it is closing this connection (57P01...)
+    std::chrono::milliseconds query_timeout{0};
 
     void release_socket() noexcept
     {

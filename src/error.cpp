@@ -51,6 +51,8 @@ public:
             return "the pool is closed";
         case errc::pool_exhausted:
             return "too many callers are waiting for a pooled connection";
+        case errc::query_timeout:
+            return "P1008: the query timed out";
         case errc::commit_outcome_unknown:
             return "the connection was lost during COMMIT and the outcome is unknown";
         case errc::transaction_rolled_back:
@@ -66,6 +68,7 @@ public:
             return std::errc::operation_canceled;
         case errc::connect_timeout:
         case errc::pool_timeout:
+        case errc::query_timeout:
             return std::errc::timed_out;
         case errc::cannot_connect:
             return std::errc::connection_refused;
@@ -106,6 +109,7 @@ bool is_connection_error(const std::error_code& ec) noexcept
     case errc::cannot_connect:
     case errc::connect_timeout:
     case errc::connection_lost:
+    case errc::query_timeout:
         return true;
     default:
         return false;

@@ -322,6 +322,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     attempt.connect_timeout = left;
             }
             auto c = std::make_unique<connection>(ex);
+            c->set_query_timeout(opts.query_timeout);
             std::exception_ptr failure;
             try {
                 co_await c->connect(std::move(attempt));

@@ -33,6 +33,7 @@ retry_decision classify(const error& e) noexcept
     case errc::cannot_connect:
     case errc::connect_timeout:
     case errc::connection_lost:
+    case errc::query_timeout:
     case errc::server_error:
         break;
     default:

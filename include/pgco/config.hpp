@@ -26,6 +26,7 @@ namespace pgco {
 /// | `health_check_timeout`  | `health_check_timeout`  | 5 s  | longest wait for a ping          |
 /// | `max_lifetime`     | `max_lifetime`     | 30 min  | retire connections this old (±2.5 %) |
 /// | `idle_timeout`     | `idle_timeout`     | 10 min  | retire connections idle this long    |
+/// | `query_timeout`    | `query_timeout`    | 0       | longest statement; 0: no limit       |
 /// | `retry_attempts`   | `retry.attempts`   | 3       | attempts after a failed first try    |
 /// | `retry_backoff`    | `retry.backoff`    | 0,2,4   | pauses before the attempts (seconds) |
 /// | `retry_jitter`     | `retry.jitter`     | 0       | pauses lengthened by up to this share |
@@ -56,6 +57,9 @@ struct pool_options
     std::chrono::milliseconds max_lifetime{std::chrono::minutes(30)};
     /// Connections idle longer than this are closed (down to `min_idle`); zero: never.
     std::chrono::milliseconds idle_timeout{std::chrono::minutes(10)};
+    /// Bounds each statement run through the pool (see `connection::set_query_timeout`); zero:
+    /// no bound. It is what detects a silently stalled link during a query.
+    std::chrono::milliseconds query_timeout{0};
     /// How the pool's query helpers and transactions repeat work after connection failures.
     retry_policy retry;
 

@@ -9,6 +9,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <array>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -157,6 +158,11 @@ public:
 
     /// Runs a statement with parameters already in libpq's layout.
     boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params);
+
+    /// Bounds every statement from sending to its last result; zero (the default) means no
+    /// bound. On expiry the server is asked to cancel, the connection is closed (a stalled
+    /// link cannot be trusted) and the statement fails with `errc::query_timeout` (P1008).
+    void set_query_timeout(std::chrono::milliseconds timeout) noexcept;
 
     /// True between a successful `connect` and `close` (or the loss of the connection).
     bool is_open() const noexcept;

@@ -52,6 +52,9 @@ enum class errc
     /// The connection was lost after COMMIT was sent and the server could not tell whether the
     /// transaction committed. It is never retried: check the data before repeating it.
     commit_outcome_unknown,
+    /// P1008: a statement did not complete within `query_timeout`; the connection was closed
+    /// (a stalled link cannot be trusted), so the statement's outcome is unknown.
+    query_timeout,
     /// COMMIT found the transaction already failed (a statement in it raised an error that was
     /// caught), so the server rolled it back.
     transaction_rolled_back,

@@ -484,3 +484,23 @@ TEST(connection, unix_socket_and_key_value_strings)
                   "127.0.0.1/32");
     });
 }
+
+TEST(connection, query_timeout_closes_the_connection_and_says_so)
+{
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        c.set_query_timeout(300ms);
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 1"), 1); // fast queries are unaffected
+        auto start = clock_type::now();
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.execute("SELECT pg_sleep(5)"); });
+        auto elapsed = ms_since(start);
+        EXPECT_EQ(e.code(), pgco::errc::query_timeout) << e.what();
+        EXPECT_NE(std::string(e.what()).find("P1008"), std::string::npos);
+        EXPECT_TRUE(pgco::is_connection_error(e));
+        EXPECT_TRUE(pgco::maybe_applied(e)); // it was running: its outcome is unknown
+        EXPECT_GE(elapsed, 290);
+        EXPECT_LT(elapsed, 1500);
+        EXPECT_FALSE(c.is_open());
+    });
+}

@@ -295,3 +295,38 @@ TEST(retry, commit_of_a_transaction_with_a_swallowed_error_reports_the_rollback)
         co_await p.close();
     });
 }
+
+TEST(retry, giving_up_lists_every_attempt)
+{
+    log_capture log;
+    run([&]() -> awaitable<void> {
+        pgco::pool p(co_await asio::this_coro::executor,
+                     pgco::pool_options::from_url(database_url() +
+                                                  "?query_timeout=0.2&retry_backoff=0,0.1,0.2"));
+        auto start = std::chrono::steady_clock::now();
+        // Each try times out after sending: repeated only because the caller says it may be.
+        auto e = co_await expect_error([&]() -> awaitable<void> {
+            co_await p.execute(pgco::idempotent, "SELECT pg_sleep(2)");
+        });
+        auto elapsed = std::chrono::steady_clock::now() - start;
+        EXPECT_EQ(e.code(), pgco::errc::query_timeout);
+        EXPECT_NE(std::string(e.what()).find("Query failed after 4 attempts: 1) P1008"),
+                  std::string::npos)
+            << e.what();
+        EXPECT_NE(std::string(e.what()).find("4) P1008"), std::string::npos) << e.what();
+        EXPECT_TRUE(pgco::maybe_applied(e));
+        EXPECT_EQ(p.stats().query_retries, 3u);
+        EXPECT_GE(elapsed, 4 * 200ms + 300ms); // four timeouts and the pauses between them
+        EXPECT_LT(elapsed, 5s);
+
+        // Without `idempotent` a statement that may have run is not repeated.
+        auto once = co_await expect_error(
+            [&]() -> awaitable<void> { co_await p.execute("SELECT pg_sleep(2)"); });
+        EXPECT_EQ(once.code(), pgco::errc::query_timeout);
+        EXPECT_EQ(p.stats().query_retries, 3u);
+        co_await p.close();
+    });
+    EXPECT_TRUE(log.has("Connection attempt 1/3 failed")) << log.text();
+    EXPECT_TRUE(log.has("Retrying in 100ms...")) << log.text();
+    EXPECT_TRUE(log.has("Query failed after 4 attempts")) << log.text();
+}
