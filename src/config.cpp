@@ -29,10 +29,11 @@ constexpr std::uint64_t max_timeout_seconds = 24 * 60 * 60;
 // libpq knows connect_timeout too, but ignores it for non-blocking connects; pgco enforces it
 // itself, so libpq must not see a value that would only look like it applies.
 constexpr std::array pgco_keys{
-    "connection_limit"sv,     "pool_timeout"sv, "connect_timeout"sv,
-    "max_waiters"sv,          "min_idle"sv,     "health_check_interval"sv,
-    "health_check_timeout"sv, "max_lifetime"sv, "idle_timeout"sv, "retry_attempts"sv, "query_timeout"sv,
-    "retry_backoff"sv, "retry_jitter"sv, "retry_deadline"sv, "retry_all"sv};
+    "connection_limit"sv,     "pool_timeout"sv,   "connect_timeout"sv,
+    "max_waiters"sv,          "min_idle"sv,       "health_check_interval"sv,
+    "health_check_timeout"sv, "max_lifetime"sv,   "idle_timeout"sv,
+    "retry_attempts"sv,       "query_timeout"sv,  "retry_backoff"sv,
+    "retry_jitter"sv,         "retry_deadline"sv, "retry_all"sv};
 
 // The duration parameters and where they go.
 std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
