@@ -484,9 +484,11 @@ done:
             c.close();
             error lost(errc::connection_lost, "P1017: server closed the connection: " + text,
                        sqlstate, primary, detail, hint, sent);
-            // "Complete" came before the FATAL message: the commit at Sync may or may not have
-            // happened before the session ended.
-            lost.set_maybe_applied(sent && completed);
+            // A server error without "complete" before it (57P01 instead of a result) means
+            // the statement was aborted. With "complete" first, the commit at Sync may or may
+            // not have happened before the session ended; and an error libpq made up itself
+            // (no SQLSTATE: end of file, reset) means the answer was simply lost.
+            lost.set_maybe_applied(sent && (completed || sqlstate.empty()));
             throw lost;
         }
         throw error(errc::server_error, text, sqlstate, primary, detail, hint, sent);

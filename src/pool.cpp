@@ -1002,8 +1002,9 @@ asio::awaitable<void> rollback_quietly(connection& c) noexcept
     }
 }
 
-asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c)
+asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& held)
 {
+    connection& c = *held;
     if (c.transaction_status() == connection::transaction_state::failed)
         throw error(errc::transaction_rolled_back,
                     "the transaction was rolled back: a statement in it failed");
@@ -1022,6 +1023,8 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c)
             throw; // COMMIT never reached the server, or the server said no: not committed
         lost = e;
     }
+    // The link is gone; its permit is needed to ask on a new one (connection_limit may be 1).
+    held.release();
     if (!xid)
         co_return;
 
@@ -1031,6 +1034,7 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c)
             *xid);
     const auto& policy = loop.state->opts.retry;
     std::string why = lost->what();
+    unsigned in_progress_polls = 0;
     for (unsigned attempt = 0; attempt <= policy.attempts; ++attempt) {
         auto pause = policy.pause_before(attempt);
         if (attempt > 0 && pause.count() > 0) {
@@ -1059,8 +1063,9 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c)
                         "rolled back",
                         {}, {}, {}, {}, false);
         }
-        if (status == "in progress") {
-            // The server is still finishing the backend that ran it; ask again shortly.
+        if (status == "in progress" && in_progress_polls++ < 100) {
+            // The server is still finishing the backend that ran it; ask again shortly (for
+            // at most 5 s: then the answer is "unknown").
             asio::steady_timer t(co_await asio::this_coro::executor, 50ms);
             co_await t.async_wait(asio::use_awaitable);
             --attempt;

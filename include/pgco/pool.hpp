@@ -123,9 +123,10 @@ private:
 };
 
 boost::asio::awaitable<void> begin_transaction(connection& c);
-/// COMMITs; if the answer is lost after COMMIT was sent, asks the server (txid_status)
-/// whether the transaction committed instead of guessing.
-boost::asio::awaitable<void> commit_transaction(retry_loop& loop, connection& c);
+/// COMMITs; if the answer is lost after COMMIT was sent, gives the broken connection back and
+/// asks the server on another (txid_status) whether the transaction committed, instead of
+/// guessing.
+boost::asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& c);
 boost::asio::awaitable<void> rollback_quietly(connection& c) noexcept;
 
 template <class A>
@@ -318,12 +319,12 @@ public:
                 pgco::transaction tx(*c);
                 if constexpr (std::is_void_v<value_type>) {
                     co_await fn(tx);
-                    co_await detail::commit_transaction(loop, *c);
+                    co_await detail::commit_transaction(loop, c);
                     loop.succeeded();
                     co_return;
                 } else {
                     value_type value = co_await fn(tx);
-                    co_await detail::commit_transaction(loop, *c);
+                    co_await detail::commit_transaction(loop, c);
                     loop.succeeded();
                     co_return value;
                 }

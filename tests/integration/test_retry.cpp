@@ -1,6 +1,7 @@
 // The retry layer against the real server: statements and transactions that meet a killed
 // backend are repeated only where that cannot apply them twice.
 
+#include "support/fault_proxy.hpp"
 #include "support/server.hpp"
 
 #include <pgco/log.hpp>
@@ -86,6 +87,22 @@ awaitable<pgco::error> expect_error(Op op)
     }
     ADD_FAILURE() << "expected a pgco::error";
     co_return pgco::error(pgco::errc::ok, "none");
+}
+
+/// The test URL with host:port replaced by the proxy's.
+std::string through(const pgco::test::fault_proxy& proxy)
+{
+    auto url = database_url();
+    auto port_at = url.rfind(':');
+    return url.substr(0, port_at + 1) + std::to_string(proxy.port()) +
+           url.substr(url.find('/', port_at));
+}
+
+unsigned short server_port()
+{
+    auto url = database_url();
+    auto port_at = url.rfind(':');
+    return static_cast<unsigned short>(std::stoi(url.substr(port_at + 1)));
 }
 
 pgco::pool_options one_connection()
@@ -329,4 +346,76 @@ TEST(retry, giving_up_lists_every_attempt)
     EXPECT_TRUE(log.has("Connection attempt 1/3 failed")) << log.text();
     EXPECT_TRUE(log.has("Retrying in 100ms...")) << log.text();
     EXPECT_TRUE(log.has("Query failed after 4 attempts")) << log.text();
+}
+
+TEST(retry, commit_whose_answer_was_lost_is_looked_up_not_replayed)
+{
+    // COMMIT is made slow by a deferred trigger; the proxy cuts the link while it runs. The
+    // server still commits (it notices the client is gone only when it answers), so the
+    // transaction must be reported committed, not replayed: the row exists once.
+    auto table = unique_table();
+    log_capture log;
+    run([&]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        pgco::test::fault_proxy proxy("127.0.0.1", server_port());
+        pgco::pool p(ex, pgco::pool_options::from_url(through(proxy) + "?connection_limit=1"));
+        co_await p.execute("CREATE TABLE " + table + " (k int)");
+        co_await p.execute("CREATE FUNCTION " + table +
+                           "_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+                           "pg_sleep(0.5); RETURN NULL; END $$");
+        co_await p.execute("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON " + table +
+                           " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + table +
+                           "_slow()");
+        int runs = 0;
+        co_await p.transaction([&](pgco::transaction& tx) -> awaitable<void> {
+            co_await tx.execute("INSERT INTO " + table + " VALUES (1)");
+            if (++runs == 1) {
+                asio::co_spawn(
+                    ex,
+                    [&proxy]() -> awaitable<void> {
+                        co_await sleep_for(150ms); // COMMIT is running by then
+                        proxy.cut_all();
+                    },
+                    asio::detached);
+            }
+        });
+        EXPECT_EQ(runs, 1);
+        EXPECT_EQ(co_await p.query_one<std::int64_t>("SELECT count(*) FROM " + table), 1);
+        co_await p.execute("DROP TABLE " + table);
+        co_await p.execute("DROP FUNCTION " + table + "_slow()");
+        co_await p.close();
+    });
+    EXPECT_TRUE(log.has("Connection lost after COMMIT was sent")) << log.text();
+    EXPECT_TRUE(log.has("did commit")) << log.text();
+}
+
+TEST(retry, write_whose_answer_was_lost_is_reported_maybe_applied_not_repeated)
+{
+    // The link is cut while an INSERT runs; the server finishes it and commits. A retry would
+    // insert a second row: pgco reports the outcome as unknown instead.
+    auto table = unique_table();
+    run([&]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        pgco::test::fault_proxy proxy("127.0.0.1", server_port());
+        pgco::pool p(ex, pgco::pool_options::from_url(through(proxy) + "?connection_limit=1"));
+        co_await p.execute("CREATE TABLE " + table + " (k int)");
+        asio::co_spawn(
+            ex,
+            [&proxy]() -> awaitable<void> {
+                co_await sleep_for(150ms);
+                proxy.cut_all();
+            },
+            asio::detached);
+        auto e = co_await expect_error([&]() -> awaitable<void> {
+            co_await p.execute("INSERT INTO " + table + " SELECT 1 FROM pg_sleep(0.4)");
+        });
+        EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
+        EXPECT_TRUE(pgco::maybe_applied(e));
+        EXPECT_EQ(classify(e), pgco::retry_decision::retry_if_idempotent);
+        EXPECT_EQ(p.stats().query_retries, 0u);
+        co_await sleep_for(600ms); // the server finishes the statement meanwhile
+        EXPECT_EQ(co_await p.query_one<std::int64_t>("SELECT count(*) FROM " + table), 1);
+        co_await p.execute("DROP TABLE " + table);
+        co_await p.close();
+    });
 }
