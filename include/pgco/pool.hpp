@@ -12,17 +12,16 @@
 #include <cstdint>
 #include <exception>
 #include <initializer_list>
-#include <optional>
-#include <type_traits>
 #include <memory>
+#include <optional>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace pgco {
 
 namespace detail {
 struct pool_state;
-class retry_loop;
 } // namespace detail
 
 /// Counters and gauges of a pool at one moment (see `pool::stats`).
@@ -72,7 +71,6 @@ public:
 
 private:
     friend struct detail::pool_state;
-    friend class detail::retry_loop;
     pooled_connection(std::shared_ptr<detail::pool_state> pool, std::unique_ptr<connection> c,
                       const detail::conn_meta& meta) noexcept;
 
@@ -220,21 +218,11 @@ public:
     boost::asio::awaitable<std::vector<Row>> query(retry_mode mode, std::string_view sql,
                                                    const Params&... params)
     {
-        detail::retry_loop loop(state_, mode, false);
-        for (;;) {
-            auto verdict = detail::retry_loop::verdict::rethrow;
-            std::exception_ptr failure;
-            try {
-                auto c = co_await loop.acquire();
-                auto rows = co_await c->template query<Row>(sql, params...);
-                loop.succeeded();
-                co_return rows;
-            } catch (const error& e) {
-                verdict = loop.failed(e);
-                failure = std::current_exception();
-            }
-            co_await after_failure(loop, verdict, failure);
-        }
+        // `sql` by value: this function returns before the work runs; `params` refer to the
+        // caller's arguments, which live until the caller's co_await completes.
+        return retrying<std::vector<Row>>(mode, [sql, &params...](connection& c) {
+            return c.template query<Row>(sql, params...);
+        });
     }
 
     /// Runs one statement and maps its first row to `Row` (`errc::no_rows` if none); retried
@@ -248,21 +236,9 @@ public:
     boost::asio::awaitable<Row> query_one(retry_mode mode, std::string_view sql,
                                           const Params&... params)
     {
-        detail::retry_loop loop(state_, mode, false);
-        for (;;) {
-            auto verdict = detail::retry_loop::verdict::rethrow;
-            std::exception_ptr failure;
-            try {
-                auto c = co_await loop.acquire();
-                auto row = co_await c->template query_one<Row>(sql, params...);
-                loop.succeeded();
-                co_return row;
-            } catch (const error& e) {
-                verdict = loop.failed(e);
-                failure = std::current_exception();
-            }
-            co_await after_failure(loop, verdict, failure);
-        }
+        return retrying<Row>(mode, [sql, &params...](connection& c) {
+            return c.template query_one<Row>(sql, params...);
+        });
     }
 
     /// Runs one statement and returns the number of rows it affected; retried like `query`.
@@ -275,21 +251,8 @@ public:
     boost::asio::awaitable<std::uint64_t> execute(retry_mode mode, std::string_view sql,
                                                   const Params&... params)
     {
-        detail::retry_loop loop(state_, mode, false);
-        for (;;) {
-            auto verdict = detail::retry_loop::verdict::rethrow;
-            std::exception_ptr failure;
-            try {
-                auto c = co_await loop.acquire();
-                auto n = co_await c->execute(sql, params...);
-                loop.succeeded();
-                co_return n;
-            } catch (const error& e) {
-                verdict = loop.failed(e);
-                failure = std::current_exception();
-            }
-            co_await after_failure(loop, verdict, failure);
-        }
+        return retrying<std::uint64_t>(
+            mode, [sql, &params...](connection& c) { return c.execute(sql, params...); });
     }
 
     /// Runs `fn(tx)` between BEGIN and COMMIT on one connection and returns what it returns.
@@ -368,6 +331,27 @@ public:
     pool_stats stats() const;
 
 private:
+    /// Runs `op(connection&)` on a pooled connection under the retry policy.
+    template <class T, class Op>
+    boost::asio::awaitable<T> retrying(retry_mode mode, Op op)
+    {
+        detail::retry_loop loop(state_, mode, false);
+        for (;;) {
+            auto verdict = detail::retry_loop::verdict::rethrow;
+            std::exception_ptr failure;
+            try {
+                auto c = co_await loop.acquire();
+                T value = co_await op(*c);
+                loop.succeeded();
+                co_return value;
+            } catch (const error& e) {
+                verdict = loop.failed(e);
+                failure = std::current_exception();
+            }
+            co_await after_failure(loop, verdict, failure);
+        }
+    }
+
     /// Rethrows, gives up or waits before the next attempt, as `verdict` says.
     static boost::asio::awaitable<void> after_failure(detail::retry_loop& loop,
                                                       detail::retry_loop::verdict verdict,
