@@ -9,6 +9,8 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -416,6 +418,29 @@ TEST(retry, write_whose_answer_was_lost_is_reported_maybe_applied_not_repeated)
         co_await sleep_for(600ms); // the server finishes the statement meanwhile
         EXPECT_EQ(co_await p.query_one<std::int64_t>("SELECT count(*) FROM " + table), 1);
         co_await p.execute("DROP TABLE " + table);
+        co_await p.close();
+    });
+}
+
+TEST(retry, the_callers_cancellation_ends_the_loop_at_once)
+{
+    using namespace asio::experimental::awaitable_operators;
+    run([&]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        unsigned short port;
+        {
+            asio::ip::tcp::acceptor a(ex, {asio::ip::make_address("127.0.0.1"), 0});
+            port = a.local_endpoint().port();
+        } // nothing listens there now: every attempt fails, then waits 5 s
+        pgco::pool p(
+            ex, pgco::pool_options::from_url("postgresql://u:pw@127.0.0.1:" + std::to_string(port) +
+                                             "/db?retry_backoff=0,5&connect_timeout=1"));
+        asio::steady_timer timer(ex, 300ms);
+        auto start = std::chrono::steady_clock::now();
+        auto winner = co_await (p.execute("SELECT 1") || timer.async_wait(asio::use_awaitable));
+        EXPECT_EQ(winner.index(), 1u);
+        EXPECT_LT(std::chrono::steady_clock::now() - start, 1s);
+        EXPECT_GE(p.stats().query_retries, 1u); // it was inside the 5 s pause
         co_await p.close();
     });
 }
