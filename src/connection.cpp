@@ -6,11 +6,14 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <libpq-fe.h>
@@ -273,6 +276,35 @@ asio::awaitable<void> resolve_hosts(connection_impl& c, conn_params& p)
         p.set("port", join(out_ports));
 }
 
+// PQconnectPoll never waits for the network, but one of its steps derives the scram-sha-256
+// key (4096 rounds of PBKDF2, 2-3 ms of CPU here): on the event loop, a burst of reconnects
+// would stall every other coroutine for tens of milliseconds. So every step runs on a small
+// pool of its own; the PGconn is handed over and back, never shared.
+asio::thread_pool& connect_workers()
+{
+    static asio::thread_pool workers(2);
+    return workers;
+}
+
+asio::awaitable<PostgresPollingStatusType> poll_off_loop(PGconn* conn)
+{
+    return asio::async_initiate<decltype(asio::use_awaitable), void(PostgresPollingStatusType)>(
+        [conn](auto handler) {
+            // Keeps the caller's executor busy meanwhile, so its run() does not return early.
+            auto work = asio::make_work_guard(asio::get_associated_executor(handler));
+            asio::post(connect_workers(),
+                       [conn, handler = std::move(handler), work = std::move(work)]() mutable {
+                           auto status = PQconnectPoll(conn);
+                           auto ex = work.get_executor();
+                           asio::post(ex, [handler = std::move(handler), status]() mutable {
+                               std::move(handler)(status);
+                           });
+                           work.reset();
+                       });
+        },
+        asio::use_awaitable);
+}
+
 asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_options opts)
 {
     connection_impl& c = *self;
@@ -320,7 +352,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
             throw error(errc::cancelled, "connecting was cancelled");
         if (ec)
             throw_connect_failure(c, ec.message());
-        status = PQconnectPoll(c.conn);
+        status = co_await poll_off_loop(c.conn);
     }
     if (PQsetnonblocking(c.conn, 1) != 0)
         throw_connect_failure(c);
@@ -440,8 +472,7 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
         c.close();
         throw error(errc::query_timeout,
                     "P1008: the query did not complete within " +
-                        std::to_string(c.query_timeout.count()) +
-                        " ms; the connection was closed",
+                        std::to_string(c.query_timeout.count()) + " ms; the connection was closed",
                     {}, {}, {}, {}, sent);
     }
     if (!c.conn)

@@ -71,12 +71,14 @@ struct connection_impl
     /// such as 57P01 terminating the session).
     bool alive_after_idle_input() noexcept
     {
-        if (!conn || !PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK || doomed)
+        if (!conn || !PQconsumeInput(conn) || PQstatus(conn) != CONNECTION_OK)
             return false;
-        // Drop notifications nobody listens for; LISTEN support will read them instead.
+        // PQconsumeInput only reads; parsing happens here, and it is what hands a FATAL
+        // message (57P01) to the notice receiver, which sets `doomed`. Notifications nobody
+        // listens for are dropped; LISTEN support will read them instead.
         while (PGnotify* n = PQnotifies(conn))
             PQfreemem(n);
-        return true;
+        return !doomed && PQstatus(conn) == CONNECTION_OK;
     }
 
     /// Wraps libpq's socket (TCP or Unix) for Asio, without taking ownership.

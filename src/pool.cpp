@@ -873,8 +873,7 @@ std::string describe(const error& e)
 
 retry_loop::retry_loop(std::shared_ptr<pool_state> s, retry_mode mode, bool transaction)
     : state(std::move(s)), mode_(mode), transaction_(transaction)
-{
-}
+{}
 
 asio::awaitable<pooled_connection> retry_loop::acquire()
 {
@@ -920,15 +919,13 @@ retry_loop::verdict retry_loop::failed(const error& e)
                         history_.back());
             return verdict::rethrow;
         }
-        l->warn("Connection attempt {}/{} failed: {}", retries_, policy.attempts,
-                history_.back());
+        l->warn("Connection attempt {}/{} failed: {}", retries_, policy.attempts, history_.back());
         return verdict::give_up;
     }
     if (retries_ == 0) {
         l->warn("Connection error detected, attempting to reconnect... ({})", history_.back());
     } else {
-        l->warn("Connection attempt {}/{} failed: {}", retries_, policy.attempts,
-                history_.back());
+        l->warn("Connection attempt {}/{} failed: {}", retries_, policy.attempts, history_.back());
     }
     if (retries_ >= policy.attempts)
         return verdict::give_up;
@@ -1010,7 +1007,8 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& he
                     "the transaction was rolled back: a statement in it failed");
     // Recorded before COMMIT: after a lost answer, the only way to learn the outcome. NULL
     // when the transaction wrote nothing, and then there is nothing to lose or to double.
-    auto xid = co_await c.query_one<std::optional<std::int64_t>>("SELECT txid_current_if_assigned()");
+    auto xid =
+        co_await c.query_one<std::optional<std::int64_t>>("SELECT txid_current_if_assigned()");
     std::optional<error> lost;
     try {
         auto res = co_await c.exec("COMMIT");
@@ -1044,8 +1042,8 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& he
         std::optional<std::string> status;
         try {
             auto other = co_await pool_state::acquire(loop.state, true);
-            status = co_await other->query_one<std::optional<std::string>>(
-                "SELECT txid_status($1)", *xid);
+            status = co_await other->query_one<std::optional<std::string>>("SELECT txid_status($1)",
+                                                                           *xid);
         } catch (const error& e) {
             if (!is_connection_error(e) && e.code() != errc::pool_timeout)
                 throw;
