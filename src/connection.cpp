@@ -18,6 +18,8 @@
 
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <optional>
@@ -292,15 +294,19 @@ asio::awaitable<PostgresPollingStatusType> poll_off_loop(PGconn* conn)
         [conn](auto handler) {
             // Keeps the caller's executor busy meanwhile, so its run() does not return early.
             auto work = asio::make_work_guard(asio::get_associated_executor(handler));
-            asio::post(connect_workers(),
-                       [conn, handler = std::move(handler), work = std::move(work)]() mutable {
-                           auto status = PQconnectPoll(conn);
-                           auto ex = work.get_executor();
-                           asio::post(ex, [handler = std::move(handler), status]() mutable {
-                               std::move(handler)(status);
-                           });
-                           work.reset();
-                       });
+            asio::post(connect_workers(), [conn, handler = std::move(handler),
+                                           work = std::move(work)]() mutable {
+                // Lower priority: on a busy CPU the event loop's wake-ups should
+                // win over key derivation.
+                thread_local bool lowered = (::setpriority(PRIO_PROCESS, ::gettid(), 10), true);
+                (void)lowered;
+                auto status = PQconnectPoll(conn);
+                auto ex = work.get_executor();
+                asio::post(ex, [handler = std::move(handler), status]() mutable {
+                    std::move(handler)(status);
+                });
+                work.reset();
+            });
         },
         asio::use_awaitable);
 }
