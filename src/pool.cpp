@@ -1005,10 +1005,19 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& he
     if (c.transaction_status() == connection::transaction_state::failed)
         throw error(errc::transaction_rolled_back,
                     "the transaction was rolled back: a statement in it failed");
-    // Recorded before COMMIT: after a lost answer, the only way to learn the outcome. NULL
-    // when the transaction wrote nothing, and then there is nothing to lose or to double.
-    auto xid =
-        co_await c.query_one<std::optional<std::int64_t>>("SELECT txid_current_if_assigned()");
+    // Recorded before COMMIT: after a lost answer, the only way to learn the outcome. The xid
+    // is NULL when the transaction wrote nothing, and then there is nothing to lose or to
+    // double. The server's start time comes along because a server that crashed (or a standby
+    // promoted in its place) hands out again the xids it never wrote to disk: after a restart
+    // "committed" may be about somebody else's transaction.
+    struct commit_marker
+    {
+        std::optional<std::int64_t> xid;
+        std::string server_started;
+    };
+    auto marker = co_await c.query_one<commit_marker>(
+        "SELECT txid_current_if_assigned(), pg_postmaster_start_time()::text");
+    const auto& xid = marker.xid;
     std::optional<error> lost;
     try {
         auto res = co_await c.exec("COMMIT");
@@ -1039,27 +1048,46 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& he
             asio::steady_timer t(co_await asio::this_coro::executor, pause);
             co_await t.async_wait(asio::use_awaitable);
         }
-        std::optional<std::string> status;
+        struct lookup
+        {
+            std::optional<std::string> status;
+            std::string server_started;
+        } answer;
         try {
             auto other = co_await pool_state::acquire(loop.state, true);
-            status = co_await other->query_one<std::optional<std::string>>("SELECT txid_status($1)",
-                                                                           *xid);
+            answer = co_await other->query_one<lookup>(
+                "SELECT txid_status($1), pg_postmaster_start_time()::text", *xid);
         } catch (const error& e) {
-            if (!is_connection_error(e) && e.code() != errc::pool_timeout)
+            if (e.sqlstate() == "22023") {
+                // "transaction ID is in the future": the server (restarted after a crash, or
+                // a promoted standby) never saw it, so it cannot have committed.
+                answer.status = "aborted";
+            } else if (is_connection_error(e) || e.code() == errc::pool_timeout) {
+                why = e.what();
+                continue;
+            } else {
                 throw;
-            why = e.what();
-            continue;
+            }
         }
-        if (status == "committed") {
+        const auto& status = answer.status;
+        bool restarted = answer.server_started != marker.server_started;
+        if (status == "committed" && !restarted) {
             l->info("Transaction {} did commit", *xid);
             co_return;
         }
+        // Rolled back is safe to act on even across a restart: a transaction whose commit
+        // reached the disk keeps its xid, so an xid that was handed out again was not ours.
         if (status == "aborted") {
             l->warn("Transaction {} was rolled back; replaying it", *xid);
             throw error(errc::connection_lost,
                         "P1017: the connection was lost during COMMIT and the transaction was "
                         "rolled back",
                         {}, {}, {}, {}, false);
+        }
+        if (restarted) {
+            why = "the server restarted since COMMIT was sent, so its answer (" +
+                  status.value_or("unknown") + ") may be about another transaction";
+            break;
         }
         if (status == "in progress" && in_progress_polls++ < 100) {
             // The server is still finishing the backend that ran it; ask again shortly (for
