@@ -53,9 +53,9 @@ struct retry_policy
 /// What the retry layer makes of a failure.
 enum class retry_decision
 {
-    retry,           ///< repeating cannot apply the statement twice
+    retry,               ///< repeating cannot apply the statement twice
     retry_if_idempotent, ///< the answer was lost after sending: repeat only if idempotent
-    fail,            ///< never repeat (SQL error, authentication, cancellation...)
+    fail,                ///< never repeat (SQL error, authentication, cancellation...)
 };
 
 /// Classifies a failure of a single statement run outside an explicit transaction, by when it
