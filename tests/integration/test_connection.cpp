@@ -29,39 +29,13 @@
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using asio::awaitable;
+using pgco::test::clock_type;
+using pgco::test::connected;
 using pgco::test::database_url;
+using pgco::test::expect_error;
+using pgco::test::ms_since;
 using pgco::test::run;
-
-namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-awaitable<pgco::connection> connected(std::string url = database_url())
-{
-    pgco::connection c(co_await asio::this_coro::executor);
-    co_await c.connect(url);
-    co_return c;
-}
-
-/// Runs `op` and returns the pgco::error it throws; fails the test if it throws nothing.
-template <class Op>
-awaitable<pgco::error> expect_error(Op op)
-{
-    try {
-        co_await op();
-    } catch (const pgco::error& e) {
-        co_return e;
-    }
-    ADD_FAILURE() << "expected a pgco::error";
-    co_return pgco::error(pgco::errc::ok, "none");
-}
-
-long long ms_since(clock_type::time_point start)
-{
-    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count();
-}
-
-} // namespace
+using pgco::test::sleep_for;
 
 TEST(connection, connects_and_runs_a_query)
 {

@@ -42,12 +42,15 @@
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using asio::awaitable;
+using pgco::test::clock_type;
+using pgco::test::connected;
 using pgco::test::database_url;
+using pgco::test::expect_error;
+using pgco::test::ms_since;
 using pgco::test::run;
+using pgco::test::sleep_for;
 
 namespace {
-
-using clock_type = std::chrono::steady_clock;
 
 /// The test URL with pgco's (or libpq's) parameters appended; the sandbox URL has no query.
 std::string pool_url(const std::string& params)
@@ -60,37 +63,6 @@ std::string unique_app_name()
 {
     static std::atomic<int> counter{0};
     return "pool_test_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
-}
-
-awaitable<pgco::connection> connected(std::string url = database_url())
-{
-    pgco::connection c(co_await asio::this_coro::executor);
-    co_await c.connect(url);
-    co_return c;
-}
-
-/// Runs `op` and returns the pgco::error it throws; fails the test if it throws nothing.
-template <class Op>
-awaitable<pgco::error> expect_error(Op op)
-{
-    try {
-        co_await op();
-    } catch (const pgco::error& e) {
-        co_return e;
-    }
-    ADD_FAILURE() << "expected a pgco::error";
-    co_return pgco::error(pgco::errc::ok, "none");
-}
-
-long long ms_since(clock_type::time_point start)
-{
-    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count();
-}
-
-awaitable<void> sleep_for(std::chrono::milliseconds d)
-{
-    asio::steady_timer t(co_await asio::this_coro::executor, d);
-    co_await t.async_wait(asio::use_awaitable);
 }
 
 /// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.

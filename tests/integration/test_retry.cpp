@@ -29,8 +29,13 @@
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using asio::awaitable;
+using pgco::test::clock_type;
+using pgco::test::connected;
 using pgco::test::database_url;
+using pgco::test::expect_error;
+using pgco::test::ms_since;
 using pgco::test::run;
+using pgco::test::sleep_for;
 
 namespace {
 
@@ -53,12 +58,6 @@ private:
     std::ostringstream out_;
 };
 
-awaitable<void> sleep_for(std::chrono::milliseconds d)
-{
-    asio::steady_timer t(co_await asio::this_coro::executor, d);
-    co_await t.async_wait(asio::use_awaitable);
-}
-
 /// Terminates backend `pid` after `delay`, from its own connection.
 void kill_later(const asio::any_io_executor& ex, int pid, std::chrono::milliseconds delay)
 {
@@ -77,18 +76,6 @@ std::string unique_table()
 {
     static std::atomic<int> n{0};
     return "retry_t_" + std::to_string(::getpid()) + "_" + std::to_string(++n);
-}
-
-template <class Op>
-awaitable<pgco::error> expect_error(Op op)
-{
-    try {
-        co_await op();
-    } catch (const pgco::error& e) {
-        co_return e;
-    }
-    ADD_FAILURE() << "expected a pgco::error";
-    co_return pgco::error(pgco::errc::ok, "none");
 }
 
 /// The test URL with host:port replaced by the proxy's.

@@ -3,9 +3,15 @@
 // Helpers for tests that talk to the real PostgreSQL server started by the CTest fixture
 // (scripts/pg-sandbox), or to the server named by PGCO_TEST_DATABASE_URL.
 
+#include <pgco/connection.hpp>
+#include <pgco/error.hpp>
+
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 
 #include <gtest/gtest.h>
 
@@ -41,6 +47,42 @@ inline void run(const std::function<boost::asio::awaitable<void>()>& body,
     ASSERT_TRUE(finished) << "the coroutine did not finish within " << limit.count() << " ms";
     if (failure)
         std::rethrow_exception(failure);
+}
+
+using clock_type = std::chrono::steady_clock;
+
+/// Milliseconds since `start`.
+inline long long ms_since(clock_type::time_point start)
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - start).count();
+}
+
+/// Waits on an Asio timer.
+inline boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d)
+{
+    boost::asio::steady_timer t(co_await boost::asio::this_coro::executor, d);
+    co_await t.async_wait(boost::asio::use_awaitable);
+}
+
+/// A connection to `url` (the test server by default) on the current executor.
+inline boost::asio::awaitable<pgco::connection> connected(std::string url = database_url())
+{
+    pgco::connection c(co_await boost::asio::this_coro::executor);
+    co_await c.connect(url);
+    co_return c;
+}
+
+/// Runs `op` and returns the pgco::error it throws; fails the test if it throws nothing.
+template <class Op>
+boost::asio::awaitable<pgco::error> expect_error(Op op)
+{
+    try {
+        co_await op();
+    } catch (const pgco::error& e) {
+        co_return e;
+    }
+    ADD_FAILURE() << "expected a pgco::error";
+    co_return pgco::error(pgco::errc::ok, "none");
 }
 
 } // namespace pgco::test
