@@ -8,4 +8,5 @@
 #include <pgco/log.hpp>
 #include <pgco/pool.hpp>
 #include <pgco/result.hpp>
+#include <pgco/retry.hpp>
 #include <pgco/types.hpp>

@@ -180,8 +180,11 @@ private:
 /// every `health_check_interval`, and retired after `max_lifetime` or `idle_timeout`.
 ///
 /// Thread safety: a pool may be used from any number of coroutines on an `io_context` run by
-/// several threads. The pool object itself must outlive nothing: its state lives until the
-/// last borrowed connection is returned.
+/// several threads. Its state lives until the last borrowed connection is returned, so handles
+/// may outlive the pool object.
+///
+/// Lifetime: while open, the pool keeps background work (maintenance timer, idle watches) on
+/// its executor, so `io_context::run()` returns only after `close()` (or the destructor).
 class pool
 {
 public:
