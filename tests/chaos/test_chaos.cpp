@@ -209,6 +209,17 @@ void expect_healed(const load& l)
     EXPECT_EQ(after.failures(), 0u) << first_few(unexpected_failures(l, 1, {}));
 }
 
+/// The load saw no failed read and no write or transaction that failed without effect, and
+/// it ran cleanly once the fault was over.
+void expect_no_failures(const load& l)
+{
+    auto t = l.total();
+    EXPECT_EQ(t.reads_failed, 0u) << first_few(unexpected_failures(l, 0, {}));
+    EXPECT_EQ(t.writes_not_applied + t.tx_not_applied, 0u)
+        << first_few(unexpected_failures(l, 0, {}));
+    expect_healed(l);
+}
+
 /// Sets max_connections back to the server's default and restarts it, whatever happened in the
 /// test (also when it failed half-way), so that later scenarios find the server as it was.
 class max_connections_guard
@@ -283,11 +294,7 @@ TEST(chaos, backends_killed_repeatedly)
             EXPECT_EQ(rounds_with_kills, 5);
             EXPECT_GE(killed, 5u);
             EXPECT_GT(retries, 0u);
-            auto t = l.total();
-            EXPECT_EQ(t.reads_failed, 0u) << first_few(unexpected_failures(l, 0, {}));
-            EXPECT_EQ(t.writes_not_applied + t.tx_not_applied, 0u)
-                << first_few(unexpected_failures(l, 0, {}));
-            expect_healed(l);
+            expect_no_failures(l);
         },
         scenario_limit);
     show_log_if_needed(log);
@@ -326,11 +333,7 @@ TEST(chaos, server_restarted)
 
             EXPECT_EQ(rc, 0);
             EXPECT_GT(retries, 0u);
-            auto t = l.total();
-            EXPECT_EQ(t.reads_failed, 0u) << first_few(unexpected_failures(l, 0, {}));
-            EXPECT_EQ(t.writes_not_applied + t.tx_not_applied, 0u)
-                << first_few(unexpected_failures(l, 0, {}));
-            expect_healed(l);
+            expect_no_failures(l);
         },
         scenario_limit);
     show_log_if_needed(log);
@@ -698,11 +701,7 @@ TEST(chaos, server_starting_up)
 
             EXPECT_EQ(stop_rc, 0);
             EXPECT_EQ(start_rc, 0);
-            auto t = l.total();
-            EXPECT_EQ(t.reads_failed, 0u) << first_few(unexpected_failures(l, 0, {}));
-            EXPECT_EQ(t.writes_not_applied + t.tx_not_applied, 0u)
-                << first_few(unexpected_failures(l, 0, {}));
-            expect_healed(l);
+            expect_no_failures(l);
         },
         scenario_limit);
     auto pool_57p03 = log.count("starting up") + log.count("not yet accepting connections");

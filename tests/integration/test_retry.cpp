@@ -94,6 +94,24 @@ unsigned short server_port()
     return static_cast<unsigned short>(std::stoi(url.substr(port_at + 1)));
 }
 
+/// Makes COMMIT on `table` take 0.5 s: a deferred constraint trigger sleeps before the commit
+/// record is written, which leaves time to break things in the middle of COMMIT.
+awaitable<void> make_commit_slow(pgco::pool& p, const std::string& table)
+{
+    co_await p.execute("CREATE FUNCTION " + table +
+                       "_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
+                       "pg_sleep(0.5); RETURN NULL; END $$");
+    co_await p.execute("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON " + table +
+                       " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + table +
+                       "_slow()");
+}
+
+awaitable<void> drop_slow_commit_table(pgco::pool& p, const std::string& table)
+{
+    co_await p.execute("DROP TABLE " + table);
+    co_await p.execute("DROP FUNCTION " + table + "_slow()");
+}
+
 pgco::pool_options one_connection()
 {
     return pgco::pool_options::from_url(database_url() + "?connection_limit=1");
@@ -264,12 +282,7 @@ TEST(retry, backend_killed_during_commit_is_resolved_not_guessed)
         auto ex = co_await asio::this_coro::executor;
         pgco::pool p(ex, one_connection());
         co_await p.execute("CREATE TABLE " + table + " (k int PRIMARY KEY)");
-        co_await p.execute("CREATE FUNCTION " + table +
-                           "_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
-                           "pg_sleep(0.5); RETURN NULL; END $$");
-        co_await p.execute("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON " + table +
-                           " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + table +
-                           "_slow()");
+        co_await make_commit_slow(p, table);
         int runs = 0;
         co_await p.transaction([&](pgco::transaction& tx) -> awaitable<void> {
             co_await tx.execute("INSERT INTO " + table + " VALUES (1)");
@@ -278,8 +291,7 @@ TEST(retry, backend_killed_during_commit_is_resolved_not_guessed)
         });
         EXPECT_EQ(runs, 2);
         EXPECT_EQ(co_await p.query_one<std::int64_t>("SELECT count(*) FROM " + table), 1);
-        co_await p.execute("DROP TABLE " + table);
-        co_await p.execute("DROP FUNCTION " + table + "_slow()");
+        co_await drop_slow_commit_table(p, table);
         co_await p.close();
     });
 }
@@ -349,12 +361,7 @@ TEST(retry, commit_whose_answer_was_lost_is_looked_up_not_replayed)
         pgco::test::fault_proxy proxy("127.0.0.1", server_port());
         pgco::pool p(ex, pgco::pool_options::from_url(through(proxy) + "?connection_limit=1"));
         co_await p.execute("CREATE TABLE " + table + " (k int)");
-        co_await p.execute("CREATE FUNCTION " + table +
-                           "_slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM "
-                           "pg_sleep(0.5); RETURN NULL; END $$");
-        co_await p.execute("CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON " + table +
-                           " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION " + table +
-                           "_slow()");
+        co_await make_commit_slow(p, table);
         int runs = 0;
         co_await p.transaction([&](pgco::transaction& tx) -> awaitable<void> {
             co_await tx.execute("INSERT INTO " + table + " VALUES (1)");
@@ -370,8 +377,7 @@ TEST(retry, commit_whose_answer_was_lost_is_looked_up_not_replayed)
         });
         EXPECT_EQ(runs, 1);
         EXPECT_EQ(co_await p.query_one<std::int64_t>("SELECT count(*) FROM " + table), 1);
-        co_await p.execute("DROP TABLE " + table);
-        co_await p.execute("DROP FUNCTION " + table + "_slow()");
+        co_await drop_slow_commit_table(p, table);
         co_await p.close();
     });
     EXPECT_TRUE(log.has("Connection lost after COMMIT was sent")) << log.text();
