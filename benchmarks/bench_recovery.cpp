@@ -42,15 +42,21 @@
 
 #include <libpq-fe.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <memory>
@@ -639,6 +645,11 @@ std::vector<bucket> timeline(const restart_run& r, long before_ms, long width_ms
 struct phase_stats
 {
     std::vector<double> lateness_ms;
+    // CPU time the loop thread itself used between two wake-ups: the part of a late tick that
+    // pgco (or anything else on the loop) is responsible for; the rest is the CPU running
+    // other threads or processes.
+    std::vector<double> loop_cpu_ms;
+    long involuntary_switches = 0;
     long ok = 0, failed = 0;
     double seconds = 0;
 };
@@ -650,10 +661,51 @@ struct ticker_result
     long killed = 0;
     pgco::pool_stats before_storm, after_storm;
     bool workers_stopped = true;
+    long loop_slice_us = 0;
 };
 
+double thread_cpu_ms()
+{
+    timespec ts{};
+    ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+long involuntary_switches()
+{
+    rusage u{};
+    ::getrusage(RUSAGE_THREAD, &u);
+    return u.ru_nivcsw;
+}
+
+/// Asks the kernel's EEVDF scheduler (Linux 6.6+, custom slices 6.12+) for a shorter time
+/// slice for the calling thread: an earlier virtual deadline, so a wake-up preempts the
+/// server's backends on a shared CPU sooner. Unprivileged; a hint an application's event-loop
+/// thread may set for itself. Returns false where the kernel refuses it.
+bool request_slice(long microseconds)
+{
+    struct sched_attr_v1
+    {
+        std::uint32_t size;
+        std::uint32_t sched_policy;
+        std::uint64_t sched_flags;
+        std::int32_t sched_nice;
+        std::uint32_t sched_priority;
+        std::uint64_t sched_runtime, sched_deadline, sched_period;
+    } attr{};
+    attr.size = sizeof attr;
+    attr.sched_policy = SCHED_OTHER;
+    attr.sched_runtime = static_cast<std::uint64_t>(microseconds) * 1000;
+    if (::syscall(SYS_sched_setattr, 0, &attr, 0) != 0) {
+        std::fprintf(stderr, "bench_recovery: sched_setattr(slice %ld us) refused: %s\n",
+                     microseconds, std::strerror(errno));
+        return false;
+    }
+    return true;
+}
+
 ticker_result run_ticker(const std::string& url, int rounds, std::chrono::milliseconds interval,
-                         int workers, std::size_t limit)
+                         int workers, std::size_t limit, long loop_slice_us)
 {
     const std::string app = "pgco_bench_storm";
     auto base = pgco::pool_options::from_url(url);
@@ -663,6 +715,7 @@ ticker_result run_ticker(const std::string& url, int rounds, std::chrono::millis
     asio::io_context io(1);
     pgco::pool pool(io.get_executor(), o);
     ticker_result r;
+    r.loop_slice_us = loop_slice_us;
     enum class phase
     {
         warm,
@@ -677,13 +730,27 @@ ticker_result run_ticker(const std::string& url, int rounds, std::chrono::millis
 
     auto ticker = [&]() -> asio::awaitable<void> {
         asio::steady_timer t(io);
+        if (loop_slice_us > 0)
+            request_slice(loop_slice_us);
+        double cpu_before = thread_cpu_ms();
+        long switches_before = involuntary_switches();
+        phase_stats* previous = nullptr;
         while (ph != phase::done) {
             auto scheduled = bench_clock::now() + 1ms;
             t.expires_at(scheduled);
             co_await t.async_wait(asio::use_awaitable);
             auto late = bench_clock::now() - scheduled;
-            if (auto* s = current())
+            double cpu_now = thread_cpu_ms();
+            long switches_now = involuntary_switches();
+            auto* s = current();
+            if (s && s == previous) {
                 s->lateness_ms.push_back(to_ms(late));
+                s->loop_cpu_ms.push_back(cpu_now - cpu_before);
+                s->involuntary_switches += switches_now - switches_before;
+            }
+            previous = s;
+            cpu_before = cpu_now;
+            switches_before = switches_now;
         }
     };
     auto worker = [&](int) -> asio::awaitable<void> {
@@ -764,7 +831,10 @@ void report_ticker_phase(const char* name, const phase_stats& s, const ticker_re
                        R"(,"p50_ms":)" + num(percentile(s.lateness_ms, 0.5)) + R"(,"over_5ms":)" +
                        std::to_string(over) + R"(,"seconds":)" + num(s.seconds) +
                        R"(,"queries_ok":)" + std::to_string(s.ok) + R"(,"queries_failed":)" +
-                       std::to_string(s.failed);
+                       std::to_string(s.failed) + R"(,"loop_cpu_worst_ms":)" +
+                       num(maximum(s.loop_cpu_ms)) + R"(,"involuntary_switches":)" +
+                       std::to_string(s.involuntary_switches) + R"(,"loop_slice_us":)" +
+                       std::to_string(r.loop_slice_us);
     if (storm) {
         line +=
             R"(,"rounds":)" + std::to_string(r.rounds) + R"(,"backends_killed":)" +
@@ -829,7 +899,7 @@ int usage()
                  "         [--kills N] [--reconnect-deadline S] [--sandbox-script PATH]\n"
                  "         [--sandbox-state DIR] [--restarts N] [--default-restarts N]\n"
                  "         [--restart-workers N] [--timeline-out FILE] [--storm-rounds N]\n"
-                 "         [--storm-interval-ms MS]\n");
+                 "         [--storm-interval-ms MS] [--loop-slice-us US]\n");
     return 2;
 }
 
@@ -840,7 +910,7 @@ int main(int argc, char** argv)
     setenv("PGCO_LOG_LEVEL", "warn", 0); // the library logs debug by default
     std::string url, workload = "all", script, state, timeline_out;
     int kills = 200, restarts = 3, default_restarts = 1, restart_workers = 4, storm_rounds = 20;
-    long reconnect_deadline = 300, storm_interval = 100;
+    long reconnect_deadline = 300, storm_interval = 100, loop_slice_us = 0;
     for (int i = 1; i < argc; i += 2) {
         std::string a = argv[i];
         if (i + 1 >= argc) {
@@ -872,6 +942,8 @@ int main(int argc, char** argv)
             storm_rounds = std::atoi(v.c_str());
         else if (a == "--storm-interval-ms")
             storm_interval = std::atol(v.c_str());
+        else if (a == "--loop-slice-us")
+            loop_slice_us = std::atol(v.c_str());
         else {
             std::fprintf(stderr, "unknown option %s\n", a.c_str());
             return usage();
@@ -971,7 +1043,8 @@ int main(int argc, char** argv)
         }
         if (do_ticker) {
             auto r =
-                run_ticker(url, storm_rounds, std::chrono::milliseconds(storm_interval), 32, 10);
+                run_ticker(url, storm_rounds, std::chrono::milliseconds(storm_interval), 32, 10,
+                           loop_slice_us);
             report_ticker_phase("quiet", r.quiet, r, false);
             report_ticker_phase("storm", r.storm, r, true);
             auto block = connect_poll_block(opts.conninfo, 20);
