@@ -33,7 +33,9 @@ constexpr std::array pgco_keys{
     "max_waiters"sv,          "min_idle"sv,       "health_check_interval"sv,
     "health_check_timeout"sv, "max_lifetime"sv,   "idle_timeout"sv,
     "retry_attempts"sv,       "query_timeout"sv,  "retry_backoff"sv,
-    "retry_jitter"sv,         "retry_deadline"sv, "retry_all"sv};
+    "retry_jitter"sv,         "retry_deadline"sv, "retry_all"sv,
+    "statement_cache_size"sv, "pgbouncer"sv,      "multiplex"sv,
+    "pipeline_depth"sv};
 
 // The duration parameters and where they go.
 std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
@@ -439,10 +441,23 @@ pool_options parse(std::string_view text, std::string prefix)
             if (!share || *share > std::chrono::seconds(1))
                 invalid("a fraction from 0 to 1, such as 0.1");
             options.retry.jitter = static_cast<double>(share->count()) / 1000.0;
-        } else if (key == "retry_all") {
+        } else if (key == "retry_all" || key == "pgbouncer" || key == "multiplex") {
             if (value != "true" && value != "false" && value != "1" && value != "0")
                 invalid("true or false");
-            options.retry.retry_all = value == "true" || value == "1";
+            bool on = value == "true" || value == "1";
+            (key == "retry_all"   ? options.retry.retry_all
+             : key == "pgbouncer" ? options.pgbouncer
+                                  : options.multiplex) = on;
+        } else if (key == "statement_cache_size") {
+            auto count = parse_unsigned(value);
+            if (!count || *count > 100000)
+                invalid("a whole number from 0 to 100000; 0 turns the cache off");
+            options.statement_cache_size = static_cast<std::size_t>(*count);
+        } else if (key == "pipeline_depth") {
+            auto count = parse_unsigned(value);
+            if (!count || *count < 1 || *count > 100000)
+                invalid("a whole number from 1 to 100000");
+            options.pipeline_depth = static_cast<std::size_t>(*count);
         } else {
             auto timeout = parse_seconds(value);
             if (!timeout)

@@ -32,6 +32,11 @@ namespace pgco {
 /// | `retry_jitter`     | `retry.jitter`     | 0       | pauses lengthened by up to this share |
 /// | `retry_deadline`   | `retry.deadline`   | 0       | give up after this long; 0: never    |
 /// | `retry_all`        | `retry.retry_all`  | false   | treat every statement as idempotent  |
+/// | `statement_cache_size` | `statement_cache_size` | 256 | prepared statements kept per
+/// connection; 0: off | | `multiplex`        | `multiplex`        | true    | share busy
+/// connections through pipelining | | `pipeline_depth`   | `pipeline_depth`   | 256     | most
+/// statements in one shared batch  | | `pgbouncer`        | `pgbouncer`        | false   | behind
+/// PgBouncer (transaction mode): no cache |
 ///
 /// Durations are seconds and may have a fraction (`0.5`); `0` means no limit (no health
 /// checks, no retirement), as in libpq.
@@ -62,6 +67,17 @@ struct pool_options
     std::chrono::milliseconds query_timeout{0};
     /// How the pool's query helpers and transactions repeat work after connection failures.
     retry_policy retry;
+    /// How many statement texts each connection keeps as named prepared statements (least
+    /// recently used ones are dropped); 0 sends every statement unnamed.
+    std::size_t statement_cache_size = 256;
+    /// When every connection is busy, the pool's query helpers send further statements down
+    /// connections already in use, in pipelined batches, instead of waiting for one to free up.
+    bool multiplex = true;
+    /// The most statements sent in one pipelined batch.
+    std::size_t pipeline_depth = 256;
+    /// The server is reached through PgBouncer in transaction-pooling mode: no named prepared
+    /// statements are kept and no session state is assumed.
+    bool pgbouncer = false;
 
     /// Parses a URI or `key=value` string. Throws `pgco::error` with
     /// `errc::invalid_configuration` naming the offending parameter; the message never
