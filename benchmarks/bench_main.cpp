@@ -1,17 +1,27 @@
 // Throughput and client CPU per query: pgco beside raw libpq, in one process and one run.
 //
-//   pgco_bench --url URL [--workload W1|W2|all] [--queries 20000] [--w2-queries 100000]
-//              [--repeat 5]
+//   pgco_bench --url URL [--workload W1,W2,W3|all] [--driver pgco,libpq,libpq_prepared|all]
+//              [--queries 20000] [--w2-queries 100000] [--w3-queries 200000] [--repeat 5]
+//              [--no-warmup] [--w3-window 256] [--w3-sync-every 100]
 //
 // W1: one connection, sequential `SELECT 1` (`--queries` of them).
 // W2: 10 connections, 64 concurrent tasks, `--w2-queries` point selects
 //     `SELECT v FROM kv WHERE id = $1` with random ids over a 100,000-row table. pgco runs a
 //     pool (connection_limit=10) on a single-threaded io_context with 64 coroutines; libpq runs
 //     10 threads with one blocking connection each.
+// W3: one connection, `--w3-queries` of `SELECT $1::int`, as many in flight as allowed. pgco
+//     runs a pool with connection_limit=1 and 256 coroutines; libpq runs pipeline mode on a
+//     non-blocking socket with at most `--w3-window` queries in flight and one PQpipelineSync
+//     per `--w3-sync-every` queries.
+//
+// Drivers: `pgco`; `libpq`, the unnamed statement (PQexecParams, PQsendQueryParams: the server
+// parses and plans every query); `libpq_prepared`, a named prepared statement made once per
+// connection before the clock starts (PQexecPrepared, PQsendQueryPrepared).
 //
 // Prints one JSON object per line: every run of every driver, then the medians and the
-// pgco / libpq ratios. Drivers alternate run by run so that drift on a shared machine
-// affects both alike.
+// pgco / libpq_prepared and pgco / libpq ratios. Drivers alternate run by run so that drift
+// on a shared machine affects all alike. `--driver pgco --repeat 1 --no-warmup` runs one
+// driver once, nothing else (scripts/callgrind counts its instructions).
 
 #include <pgco/pgco.hpp>
 
@@ -20,18 +30,24 @@
 #include <boost/asio/io_context.hpp>
 
 #include <libpq-fe.h>
+#include <poll.h>
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -97,24 +113,51 @@ PGconn* libpq_connect(const std::string& conninfo)
     return conn;
 }
 
+/// Closes a libpq connection on every way out of a driver.
+struct libpq_guard
+{
+    PGconn* conn;
+    ~libpq_guard() { PQfinish(conn); }
+};
+
+/// Makes the named prepared statement `name` on `conn` (before any clock starts: a client
+/// with a statement cache pays this once per connection).
+void libpq_prepare(PGconn* conn, const char* name, const char* sql, int nparams, const Oid* types)
+{
+    PGresult* r = PQprepare(conn, name, sql, nparams, types);
+    bool ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (!ok)
+        throw std::runtime_error(std::string("libpq prepare: ") + PQerrorMessage(conn));
+}
+
+constexpr Oid int4_oid = 23; // the parameter type pgco binds for an int
+
 // ---- W1: one connection, sequential SELECT 1 ----
+
+constexpr const char* w1_sql = "SELECT 1";
 
 // W1 with libpq's synchronous API: the floor any client library is measured against.
 // PQexecParams uses the same extended protocol (Parse/Bind/Execute, unnamed statement) as
-// pgco, so both ask the server for the same work.
-measurement w1_libpq(const std::string& conninfo, long queries)
+// pgco, so both ask the server for the same work; `prepared` skips the Parse with a named
+// statement (PQexecPrepared), as a statement cache would.
+measurement w1_libpq(const std::string& conninfo, long queries, bool prepared)
 {
     PGconn* conn = libpq_connect(conninfo);
-    auto m = timed(queries, [&] {
+    libpq_guard guard{conn};
+    if (prepared)
+        libpq_prepare(conn, "w1", w1_sql, 0, nullptr);
+    return timed(queries, [&] {
         for (long i = 0; i < queries; ++i) {
-            PGresult* r = PQexecParams(conn, "SELECT 1", 0, nullptr, nullptr, nullptr, nullptr, 0);
-            if (PQresultStatus(r) != PGRES_TUPLES_OK || PQgetvalue(r, 0, 0)[0] != '1')
-                throw std::runtime_error(std::string("libpq query: ") + PQerrorMessage(conn));
+            PGresult* r =
+                prepared ? PQexecPrepared(conn, "w1", 0, nullptr, nullptr, nullptr, 0)
+                         : PQexecParams(conn, w1_sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+            bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQgetvalue(r, 0, 0)[0] == '1';
             PQclear(r);
+            if (!ok)
+                throw std::runtime_error(std::string("libpq query: ") + PQerrorMessage(conn));
         }
     });
-    PQfinish(conn);
-    return m;
 }
 
 measurement w1_pgco(const pgco::pool_options& opts, long queries)
@@ -130,7 +173,7 @@ measurement w1_pgco(const pgco::pool_options& opts, long queries)
             stopwatch sw;
             sw.start();
             for (long i = 0; i < queries; ++i) {
-                if (co_await c.query_one<int>("SELECT 1") != 1)
+                if (co_await c.query_one<int>(w1_sql) != 1)
                     throw std::runtime_error("pgco returned a wrong value");
             }
             m = sw.stop(queries);
@@ -142,6 +185,75 @@ measurement w1_pgco(const pgco::pool_options& opts, long queries)
     return m;
 }
 
+// ---- pgco through a pool: `tasks` coroutines sharing `queries` ----
+
+/// Runs `queries` calls of `query(pool, i)` (i = 0, 1, ...) from `tasks` coroutines on a pool
+/// of `connections` on a single-threaded io_context. All connections are opened before the
+/// clock starts, as the libpq drivers do.
+template <class Query>
+measurement pool_workload(const char* workload, pgco::pool_options opts, std::size_t connections,
+                          int tasks, long queries, Query query)
+{
+    opts.connection_limit = connections;
+    asio::io_context io(1);
+    pgco::pool pool(io.get_executor(), opts);
+    measurement m;
+    std::exception_ptr failure;
+    long next = 0;
+    int live = 0;
+    stopwatch sw;
+
+    auto worker = [&]() -> asio::awaitable<void> {
+        while (next < queries) {
+            long i = next++;
+            co_await query(pool, i);
+        }
+    };
+    auto finish = [&] {
+        if (--live == 0) {
+            m = sw.stop(queries);
+            asio::co_spawn(io, pool.close(std::chrono::seconds(5)), asio::detached);
+        }
+    };
+
+    asio::co_spawn(
+        io,
+        [&]() -> asio::awaitable<void> {
+            {
+                std::vector<pgco::pooled_connection> held;
+                for (std::size_t i = 0; i < connections; ++i)
+                    held.push_back(co_await pool.acquire());
+            }
+            live = tasks;
+            sw.start();
+            for (int t = 0; t < tasks; ++t)
+                asio::co_spawn(io, worker(), [&](std::exception_ptr e) {
+                    if (e) {
+                        next = queries; // stop the others
+                        if (!failure)
+                            failure = e;
+                    }
+                    finish();
+                });
+        },
+        [&](std::exception_ptr e) {
+            if (e) {
+                failure = e;
+                asio::co_spawn(io, pool.close(std::chrono::seconds(5)), asio::detached);
+            }
+        });
+    io.run();
+    if (failure)
+        std::rethrow_exception(failure);
+    auto st = pool.stats();
+    if (st.connections_opened != connections || st.acquire_timeouts != 0)
+        std::fprintf(stderr,
+                     "%s pgco: unexpected pool stats: opened %llu connections, %llu timeouts\n",
+                     workload, static_cast<unsigned long long>(st.connections_opened),
+                     static_cast<unsigned long long>(st.acquire_timeouts));
+    return m;
+}
+
 // ---- W2: 10 connections, 64 tasks, random point selects ----
 
 constexpr int w2_rows = 100000;
@@ -149,31 +261,38 @@ constexpr std::size_t w2_connections = 10;
 constexpr int w2_tasks = 64;
 constexpr const char* w2_sql = "SELECT v FROM kv WHERE id = $1";
 
-/// Creates and fills `kv` if it is missing or incomplete.
+/// Creates and fills `kv` if it is missing or incomplete, then checks that it holds exactly
+/// the ids 1..100,000 (a table left by someone else would change what W2 measures).
 void w2_prepare(const std::string& conninfo)
 {
     PGconn* conn = libpq_connect(conninfo);
+    libpq_guard guard{conn};
     PQsetNoticeProcessor(
         conn, [](void*, const char*) {}, nullptr); // "kv already exists"
     auto run = [&](const char* sql) {
         PGresult* r = PQexec(conn, sql);
         auto st = PQresultStatus(r);
         bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK;
+        std::string value = ok && st == PGRES_TUPLES_OK ? PQgetvalue(r, 0, 0) : "";
         std::string msg = ok ? "" : std::string(PQerrorMessage(conn));
         PQclear(r);
-        if (!ok) {
-            PQfinish(conn);
+        if (!ok)
             throw std::runtime_error(std::string("W2 setup (") + sql + "): " + msg);
-        }
+        return value;
     };
     run("CREATE TABLE IF NOT EXISTS kv (id int PRIMARY KEY, v text)");
     run("INSERT INTO kv (id, v) SELECT g, md5(g::text) FROM generate_series(1, 100000) g "
         "ON CONFLICT DO NOTHING");
     run("ANALYZE kv");
-    PQfinish(conn);
+    auto shape = run("SELECT count(*) || ',' || min(id) || ',' || max(id) || ',' || "
+                     "count(*) FILTER (WHERE length(v) = 32) FROM kv");
+    if (shape != "100000,1,100000,100000")
+        throw std::runtime_error("W2 setup: table kv is not ids 1..100000 with 32-character "
+                                 "values (count,min,max,ok: " +
+                                 shape + ")");
 }
 
-/// The ids both drivers query, in order: the i-th query of a run asks for `ids[i]`. A fixed
+/// The ids all drivers query, in order: the i-th query of a run asks for `ids[i]`. A fixed
 /// seed, so every run and every driver asks for the same ids.
 std::vector<int> w2_ids(long queries)
 {
@@ -191,13 +310,17 @@ bool w2_value_ok(std::size_t length)
     return length == 32;
 }
 
-measurement w2_libpq(const std::string& conninfo, const std::vector<int>& ids)
+measurement w2_libpq(const std::string& conninfo, const std::vector<int>& ids, bool prepared)
 {
     const long queries = static_cast<long>(ids.size());
+    const Oid types[1] = {int4_oid};
     std::vector<PGconn*> conns;
     try {
-        for (std::size_t i = 0; i < w2_connections; ++i)
+        for (std::size_t i = 0; i < w2_connections; ++i) {
             conns.push_back(libpq_connect(conninfo));
+            if (prepared)
+                libpq_prepare(conns.back(), "w2", w2_sql, 1, types);
+        }
     } catch (...) {
         for (auto* c : conns)
             PQfinish(c);
@@ -208,7 +331,6 @@ measurement w2_libpq(const std::string& conninfo, const std::vector<int>& ids)
     std::exception_ptr failure;
     auto worker = [&](PGconn* conn) {
         try {
-            const Oid types[1] = {23}; // int4, as pgco binds an int
             char buf[16];
             const char* values[1] = {buf};
             for (;;) {
@@ -216,7 +338,9 @@ measurement w2_libpq(const std::string& conninfo, const std::vector<int>& ids)
                 if (i >= queries)
                     break;
                 std::snprintf(buf, sizeof buf, "%d", ids[static_cast<std::size_t>(i)]);
-                PGresult* r = PQexecParams(conn, w2_sql, 1, types, values, nullptr, nullptr, 0);
+                PGresult* r =
+                    prepared ? PQexecPrepared(conn, "w2", 1, values, nullptr, nullptr, 0)
+                             : PQexecParams(conn, w2_sql, 1, types, values, nullptr, nullptr, 0);
                 bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
                           w2_value_ok(static_cast<std::size_t>(PQgetlength(r, 0, 0)));
                 PQclear(r);
@@ -245,80 +369,150 @@ measurement w2_libpq(const std::string& conninfo, const std::vector<int>& ids)
     return m;
 }
 
-measurement w2_pgco(pgco::pool_options opts, const std::vector<int>& ids)
+measurement w2_pgco(const pgco::pool_options& opts, const std::vector<int>& ids)
 {
-    const long queries = static_cast<long>(ids.size());
-    opts.connection_limit = w2_connections;
-    asio::io_context io(1);
-    pgco::pool pool(io.get_executor(), opts);
-    measurement m;
-    std::exception_ptr failure;
-    long next = 0;
-    int live = 0;
-    stopwatch sw;
+    auto query = [&ids](pgco::pool& pool, long i) -> asio::awaitable<void> {
+        int id = ids[static_cast<std::size_t>(i)];
+        auto v = co_await pool.query_one<std::string>(w2_sql, id);
+        if (!w2_value_ok(v.size()))
+            throw std::runtime_error("pgco W2 returned a wrong value: " + v);
+    };
+    return pool_workload("W2", opts, w2_connections, w2_tasks, static_cast<long>(ids.size()),
+                         query);
+}
 
-    auto worker = [&]() -> asio::awaitable<void> {
-        while (next < queries) {
-            int id = ids[static_cast<std::size_t>(next++)];
-            auto v = co_await pool.query_one<std::string>(w2_sql, id);
-            if (!w2_value_ok(v.size()))
-                throw std::runtime_error("pgco W2 returned a wrong value: " + v);
+// ---- W3: one connection, SELECT $1::int, as many in flight as allowed ----
+
+constexpr const char* w3_sql = "SELECT $1::int";
+constexpr int w3_tasks = 256;
+
+struct w3_options
+{
+    long window = 256;     ///< most queries sent and not yet answered
+    long sync_every = 100; ///< queries per PQpipelineSync (libpq 15 flushes on every Sync)
+};
+
+/// The value the i-th query of a W3 run sends and expects back.
+int w3_value(long i)
+{
+    return static_cast<int>(i % 1000000000);
+}
+
+/// W3 with libpq's pipeline mode on a non-blocking socket: keeps up to `window` queries in
+/// flight, sends one Sync per `sync_every` queries (and after the last), flushes, reads
+/// results as they arrive and waits in poll() only when nothing can be sent or read.
+/// `prepared`: PQsendQueryPrepared on a named statement; else PQsendQueryParams (unnamed:
+/// Parse, Bind, Describe, Execute per query).
+measurement w3_libpq(const std::string& conninfo, long queries, bool prepared, w3_options w3)
+{
+    if (w3.window < w3.sync_every) // results after the last Sync would never come
+        throw std::runtime_error("W3: --w3-window must be at least --w3-sync-every");
+    PGconn* conn = libpq_connect(conninfo);
+    libpq_guard guard{conn};
+    const Oid types[1] = {int4_oid};
+    if (prepared)
+        libpq_prepare(conn, "w3", w3_sql, 1, types);
+    if (PQsetnonblocking(conn, 1) != 0 || PQenterPipelineMode(conn) != 1)
+        throw std::runtime_error(std::string("libpq pipeline mode: ") + PQerrorMessage(conn));
+    auto fail = [&](const char* what) {
+        throw std::runtime_error(std::string("libpq W3 ") + what + ": " + PQerrorMessage(conn));
+    };
+    const int fd = PQsocket(conn);
+
+    long sent = 0, received = 0, syncs_sent = 0, syncs_received = 0, since_sync = 0;
+    char buf[16];
+    const char* values[1] = {buf};
+
+    // Queues queries (and Syncs) while the window allows; PQpipelineSync flushes.
+    auto send_some = [&] {
+        while (sent < queries && sent - received < w3.window) {
+            std::snprintf(buf, sizeof buf, "%d", w3_value(sent));
+            int ok = prepared
+                         ? PQsendQueryPrepared(conn, "w3", 1, values, nullptr, nullptr, 0)
+                         : PQsendQueryParams(conn, w3_sql, 1, types, values, nullptr, nullptr, 0);
+            if (!ok)
+                fail("send");
+            ++sent;
+            if (++since_sync == w3.sync_every || sent == queries) {
+                if (PQpipelineSync(conn) != 1)
+                    fail("sync");
+                ++syncs_sent;
+                since_sync = 0;
+            }
         }
     };
-    auto finish = [&] {
-        if (--live == 0) {
-            m = sw.stop(queries);
-            asio::co_spawn(io, pool.close(std::chrono::seconds(5)), asio::detached);
+    // Takes every complete result libpq already holds; true if there was any.
+    auto drain = [&] {
+        bool progress = false;
+        int nulls = 0; // a NULL ends one query's results; two in a row: nothing more yet
+        while ((received < sent || syncs_received < syncs_sent) && !PQisBusy(conn)) {
+            PGresult* r = PQgetResult(conn);
+            if (!r) {
+                if (++nulls == 2)
+                    break;
+                continue;
+            }
+            nulls = 0;
+            progress = true;
+            auto st = PQresultStatus(r);
+            if (st == PGRES_PIPELINE_SYNC) {
+                ++syncs_received;
+            } else if (st == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+                       std::strtol(PQgetvalue(r, 0, 0), nullptr, 10) == w3_value(received)) {
+                ++received;
+            } else {
+                std::string msg = std::string("libpq W3 result ") + PQresStatus(st) + ": " +
+                                  PQresultErrorMessage(r);
+                PQclear(r);
+                throw std::runtime_error(msg);
+            }
+            PQclear(r);
         }
+        return progress;
     };
 
-    asio::co_spawn(
-        io,
-        [&]() -> asio::awaitable<void> {
-            // Open all ten connections before the clock starts, as the libpq driver does.
-            {
-                std::vector<pgco::pooled_connection> held;
-                for (std::size_t i = 0; i < w2_connections; ++i)
-                    held.push_back(co_await pool.acquire());
-            }
-            live = w2_tasks;
-            sw.start();
-            for (int t = 0; t < w2_tasks; ++t)
-                asio::co_spawn(io, worker(), [&](std::exception_ptr e) {
-                    if (e) {
-                        next = queries; // stop the others
-                        if (!failure)
-                            failure = e;
-                    }
-                    finish();
-                });
-        },
-        [&](std::exception_ptr e) {
-            if (e) {
-                failure = e;
-                asio::co_spawn(io, pool.close(std::chrono::seconds(5)), asio::detached);
-            }
-        });
-    io.run();
-    if (failure)
-        std::rethrow_exception(failure);
-    auto st = pool.stats();
-    if (st.connections_opened != w2_connections || st.acquire_timeouts != 0)
-        std::fprintf(stderr,
-                     "W2 pgco: unexpected pool stats: opened %llu connections, %llu timeouts\n",
-                     static_cast<unsigned long long>(st.connections_opened),
-                     static_cast<unsigned long long>(st.acquire_timeouts));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(10);
+    auto m = timed(queries, [&] {
+        while (received < queries || syncs_received < syncs_sent) {
+            send_some();
+            int pending = PQflush(conn); // 1: some output is still waiting for the socket
+            if (pending < 0)
+                fail("flush");
+            if (drain()) // PQflush may have read input while the socket was full
+                continue;
+            pollfd p{fd, static_cast<short>(POLLIN | (pending ? POLLOUT : 0)), 0};
+            int n = ::poll(&p, 1, 1000);
+            if (n < 0 && errno != EINTR)
+                throw std::runtime_error(std::string("poll: ") + std::strerror(errno));
+            if (std::chrono::steady_clock::now() > deadline)
+                throw std::runtime_error("libpq W3: no progress for 10 minutes");
+            if (n > 0 && (p.revents & (POLLIN | POLLERR | POLLHUP)) && !PQconsumeInput(conn))
+                fail("read");
+        }
+    });
     return m;
+}
+
+measurement w3_pgco(const pgco::pool_options& opts, long queries)
+{
+    auto query = [](pgco::pool& pool, long i) -> asio::awaitable<void> {
+        int v = w3_value(i);
+        int got = co_await pool.query_one<int>(w3_sql, v);
+        if (got != v)
+            throw std::runtime_error("pgco W3 returned " + std::to_string(got) + " for " +
+                                     std::to_string(v));
+    };
+    return pool_workload("W3", opts, 1, w3_tasks, queries, query);
 }
 
 // ---- output ----
 
-void print(const char* workload, const char* driver, const measurement& m, const char* stat,
+void print(const char* workload, const std::string& driver, const measurement& m, const char* stat,
            int run)
 {
     std::printf("{\"workload\":\"%s\",\"driver\":\"%s\",\"stat\":\"%s\",\"run\":%d,"
                 "\"queries\":%ld,\"seconds\":%.4f,\"qps\":%.0f,\"cpu_us_per_query\":%.3f}\n",
-                workload, driver, stat, run, m.queries, m.seconds, m.queries / m.seconds,
+                workload, driver.c_str(), stat, run, m.queries, m.seconds, m.queries / m.seconds,
                 m.cpu_seconds * 1e6 / static_cast<double>(m.queries));
     std::fflush(stdout);
 }
@@ -339,30 +533,75 @@ measurement median(std::vector<measurement> runs)
     return m;
 }
 
-/// Runs both drivers `repeat` times, alternating, after one unmeasured warm-up of each; prints
-/// every run, the medians and the ratios.
-template <class Libpq, class Pgco, class WarmLibpq, class WarmPgco>
-void compare(const char* workload, int repeat, Libpq libpq, Pgco pgco, WarmLibpq warm_libpq,
-             WarmPgco warm_pgco)
+struct driver
 {
+    std::string name;
+    std::function<measurement()> run;
+    std::function<void()> warm; ///< a shorter unmeasured run
+};
+
+/// Runs the drivers `repeat` times, alternating, after one unmeasured warm-up of each (unless
+/// `warmup` is false); prints every run, the medians and the ratios of pgco to each libpq
+/// driver that ran.
+void compare(const char* workload, int repeat, bool warmup, const std::vector<driver>& drivers)
+{
+    if (drivers.empty())
+        return;
     std::map<std::string, std::vector<measurement>> runs;
-    // One unmeasured warm-up of each, so both find a warm server and warm caches.
-    warm_libpq();
-    warm_pgco();
+    // So that every driver finds a warm server and warm caches.
+    if (warmup)
+        for (auto& d : drivers)
+            d.warm();
     for (int r = 0; r < repeat; ++r) {
-        runs["libpq"].push_back(libpq());
-        print(workload, "libpq", runs["libpq"].back(), "run", r + 1);
-        runs["pgco"].push_back(pgco());
-        print(workload, "pgco", runs["pgco"].back(), "run", r + 1);
+        for (auto& d : drivers) {
+            runs[d.name].push_back(d.run());
+            print(workload, d.name, runs[d.name].back(), "run", r + 1);
+        }
     }
-    auto base = median(runs["libpq"]);
-    auto ours = median(runs["pgco"]);
-    print(workload, "libpq", base, "median", 0);
-    print(workload, "pgco", ours, "median", 0);
-    std::printf("{\"workload\":\"%s\",\"stat\":\"ratio\",\"baseline\":\"libpq\","
-                "\"qps_ratio\":%.3f,\"cpu_ratio\":%.3f,\"repeat\":%d}\n",
-                workload, base.seconds / ours.seconds, ours.cpu_seconds / base.cpu_seconds, repeat);
+    std::map<std::string, measurement> medians;
+    for (auto& d : drivers) {
+        medians[d.name] = median(runs[d.name]);
+        print(workload, d.name, medians[d.name], "median", 0);
+    }
+    if (!medians.count("pgco"))
+        return;
+    const auto& ours = medians["pgco"];
+    for (const char* baseline : {"libpq_prepared", "libpq"}) {
+        if (!medians.count(baseline))
+            continue;
+        const auto& base = medians[baseline];
+        std::printf("{\"workload\":\"%s\",\"stat\":\"ratio\",\"baseline\":\"%s\","
+                    "\"qps_ratio\":%.3f,\"cpu_ratio\":%.3f,\"repeat\":%d}\n",
+                    workload, baseline, base.seconds / ours.seconds,
+                    ours.cpu_seconds / base.cpu_seconds, repeat);
+    }
     std::fflush(stdout);
+}
+
+/// "a,b,c" -> {a, b, c}; "all" -> `all`. Unknown names fail.
+std::set<std::string> parse_list(const std::string& text, const std::set<std::string>& all,
+                                 const char* what)
+{
+    if (text == "all")
+        return all;
+    std::set<std::string> out;
+    std::stringstream in(text);
+    std::string item;
+    while (std::getline(in, item, ',')) {
+        if (!all.count(item))
+            throw std::invalid_argument(std::string("unknown ") + what + " " + item);
+        out.insert(item);
+    }
+    return out;
+}
+
+int usage()
+{
+    std::fprintf(stderr, "usage: pgco_bench --url URL [--workload W1,W2,W3|all] "
+                         "[--driver pgco,libpq,libpq_prepared|all] [--queries N] [--w2-queries N] "
+                         "[--w3-queries N] [--repeat N] [--no-warmup] [--w3-window N] "
+                         "[--w3-sync-every N]\n");
+    return 2;
 }
 
 } // namespace
@@ -370,59 +609,106 @@ void compare(const char* workload, int repeat, Libpq libpq, Pgco pgco, WarmLibpq
 int main(int argc, char** argv)
 {
     std::string url;
-    std::string workload = "all";
+    std::string workload_list = "all";
+    std::string driver_list = "all";
     long queries = 20000;
     long w2_queries = 100000;
+    long w3_queries = 200000;
     int repeat = 5;
-    for (int i = 1; i < argc; i += 2) {
+    bool warmup = true;
+    w3_options w3;
+    for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
+        if (a == "--no-warmup") {
+            warmup = false;
+            continue;
+        }
         if (i + 1 >= argc) {
             std::fprintf(stderr, "option %s needs a value\n", a.c_str());
-            return 2;
+            return usage();
         }
+        const char* v = argv[++i];
         if (a == "--url")
-            url = argv[i + 1];
+            url = v;
         else if (a == "--workload")
-            workload = argv[i + 1];
+            workload_list = v;
+        else if (a == "--driver")
+            driver_list = v;
         else if (a == "--queries")
-            queries = std::atol(argv[i + 1]);
+            queries = std::atol(v);
         else if (a == "--w2-queries")
-            w2_queries = std::atol(argv[i + 1]);
+            w2_queries = std::atol(v);
+        else if (a == "--w3-queries")
+            w3_queries = std::atol(v);
         else if (a == "--repeat")
-            repeat = std::atoi(argv[i + 1]);
+            repeat = std::atoi(v);
+        else if (a == "--w3-window")
+            w3.window = std::atol(v);
+        else if (a == "--w3-sync-every")
+            w3.sync_every = std::atol(v);
         else {
             std::fprintf(stderr, "unknown option %s\n", a.c_str());
-            return 2;
+            return usage();
         }
     }
     if (url.empty()) {
         if (const char* env = std::getenv("DATABASE_URL"))
             url = env;
     }
-    bool run_w1 = workload == "W1" || workload == "all";
-    bool run_w2 = workload == "W2" || workload == "all";
-    if (url.empty() || !(run_w1 || run_w2) || queries <= 0 || w2_queries <= 0 || repeat <= 0) {
-        std::fprintf(stderr, "usage: pgco_bench --url URL [--workload W1|W2|all] [--queries N] "
-                             "[--w2-queries N] [--repeat N]\n");
-        return 2;
+    std::set<std::string> workloads, drivers;
+    try {
+        workloads = parse_list(workload_list, {"W1", "W2", "W3"}, "workload");
+        drivers = parse_list(driver_list, {"pgco", "libpq", "libpq_prepared"}, "driver");
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "%s\n", e.what());
+        return usage();
     }
+    if (url.empty() || workloads.empty() || drivers.empty() || queries <= 0 || w2_queries <= 0 ||
+        w3_queries <= 0 || repeat <= 0 || w3.sync_every <= 0 || w3.window < w3.sync_every)
+        return usage();
+
+    // The drivers in the order they alternate, filtered by --driver.
+    auto pick = [&](std::vector<driver> all) {
+        std::vector<driver> out;
+        for (auto& d : all)
+            if (drivers.count(d.name))
+                out.push_back(std::move(d));
+        return out;
+    };
     try {
         auto opts = pgco::pool_options::from_url(url);
-        if (run_w1) {
-            compare(
-                "W1", repeat, [&] { return w1_libpq(opts.conninfo, queries); },
-                [&] { return w1_pgco(opts, queries); },
-                [&] { w1_libpq(opts.conninfo, queries / 10 + 1); },
-                [&] { w1_pgco(opts, queries / 10 + 1); });
+        const std::string& ci = opts.conninfo;
+        if (workloads.count("W1")) {
+            long warm = queries / 10 + 1;
+            compare("W1", repeat, warmup,
+                    pick({{"libpq", [&] { return w1_libpq(ci, queries, false); },
+                           [&] { w1_libpq(ci, warm, false); }},
+                          {"libpq_prepared", [&] { return w1_libpq(ci, queries, true); },
+                           [&] { w1_libpq(ci, warm, true); }},
+                          {"pgco", [&] { return w1_pgco(opts, queries); },
+                           [&] { w1_pgco(opts, warm); }}}));
         }
-        if (run_w2) {
-            w2_prepare(opts.conninfo);
+        if (workloads.count("W2")) {
+            w2_prepare(ci);
             auto ids = w2_ids(w2_queries);
             auto warm = w2_ids(w2_queries / 10 + 1);
             compare(
-                "W2", repeat, [&] { return w2_libpq(opts.conninfo, ids); },
-                [&] { return w2_pgco(opts, ids); }, [&] { w2_libpq(opts.conninfo, warm); },
-                [&] { w2_pgco(opts, warm); });
+                "W2", repeat, warmup,
+                pick({{"libpq", [&] { return w2_libpq(ci, ids, false); },
+                       [&] { w2_libpq(ci, warm, false); }},
+                      {"libpq_prepared", [&] { return w2_libpq(ci, ids, true); },
+                       [&] { w2_libpq(ci, warm, true); }},
+                      {"pgco", [&] { return w2_pgco(opts, ids); }, [&] { w2_pgco(opts, warm); }}}));
+        }
+        if (workloads.count("W3")) {
+            long warm = w3_queries / 10 + 1;
+            compare("W3", repeat, warmup,
+                    pick({{"libpq", [&] { return w3_libpq(ci, w3_queries, false, w3); },
+                           [&] { w3_libpq(ci, warm, false, w3); }},
+                          {"libpq_prepared", [&] { return w3_libpq(ci, w3_queries, true, w3); },
+                           [&] { w3_libpq(ci, warm, true, w3); }},
+                          {"pgco", [&] { return w3_pgco(opts, w3_queries); },
+                           [&] { w3_pgco(opts, warm); }}}));
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "benchmark failed: %s\n", e.what());

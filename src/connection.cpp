@@ -21,8 +21,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cstdlib>
 #include <optional>
+#include <span>
 #include <thread>
 #include <utility>
 
@@ -34,6 +36,11 @@ namespace detail {
 connection_impl& impl_of(connection& c) noexcept
 {
     return *c.impl_;
+}
+
+std::shared_ptr<connection_impl> shared_impl_of(connection& c) noexcept
+{
+    return c.impl_;
 }
 
 } // namespace detail
@@ -365,35 +372,32 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
     c.assign_socket(PQsocket(c.conn));
 }
 
-// Sends what libpq still buffers, then reads every result of the current request. Returns the
-// last result, or throws the first error. With `keep == false` results are discarded (used to
-// finish a cancelled request).
-asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, bool keep)
+// Why the last wait for the server ended early, if it did.
+struct io_failure
 {
-    connection_impl& c = *self;
-    // Only with a query timeout does each wait race a timer: without one, a wait costs no
-    // timer at all.
-    std::optional<asio::steady_timer> deadline;
-    if (c.query_timeout.count() > 0)
-        deadline.emplace(c.ex, c.query_timeout);
+    boost::system::error_code ec;
     bool timed_out = false;
-    result last;
-    PGresult* first_error = nullptr;
-    bool completed = false; // the server reported the statement complete
-    boost::system::error_code wait_ec;
-    std::string lost;
+    std::string lost; // libpq's message when the link broke
+
+    explicit operator bool() const noexcept { return ec || timed_out || !lost.empty(); }
+};
+
+// Sends what libpq still buffers.
+asio::awaitable<void> flush_output(connection_impl& c, std::optional<asio::steady_timer>& deadline,
+                                   io_failure& f)
+{
     try {
-        for (int f; (f = PQflush(c.conn)) != 0;) {
-            if (f < 0) {
-                lost = trimmed(PQerrorMessage(c.conn));
-                break;
+        for (int r; (r = PQflush(c.conn)) != 0;) {
+            if (r < 0) {
+                f.lost = trimmed(PQerrorMessage(c.conn));
+                co_return;
             }
             // Waits for writability are rare (a request larger than the socket buffer) and
             // can lose an edge in a multi-threaded reactor the same way reads could; a short
             // timer bounds that case instead of a peek, which has no equivalent for writing.
             if (deadline && deadline->expiry() <= asio::steady_timer::clock_type::now()) {
-                timed_out = true;
-                break;
+                f.timed_out = true;
+                co_return;
             }
             asio::steady_timer nudge(c.ex, std::chrono::milliseconds(20));
             auto [order, ec, timer_ec] =
@@ -404,75 +408,69 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
             if (order[0] == 1 && !timer_ec)
                 ec = {}; // the nudge: just try again
             if (ec || !c.conn) {
-                wait_ec = ec ? ec : asio::error::operation_aborted;
-                break;
+                f.ec = ec ? ec : asio::error::operation_aborted;
+                co_return;
             }
             if (!PQconsumeInput(c.conn)) {
-                lost = trimmed(PQerrorMessage(c.conn));
-                break;
+                f.lost = trimmed(PQerrorMessage(c.conn));
+                co_return;
             }
-        }
-        while (!wait_ec && lost.empty()) {
-            while (!PQisBusy(c.conn)) {
-                PGresult* r = PQgetResult(c.conn);
-                if (!r)
-                    goto done;
-                switch (PQresultStatus(r)) {
-                case PGRES_FATAL_ERROR:
-                    if (!first_error) {
-                        first_error = r;
-                        r = nullptr;
-                    }
-                    break;
-                case PGRES_COPY_IN:
-                case PGRES_COPY_OUT:
-                case PGRES_COPY_BOTH:
-                    PQclear(r);
-                    PQclear(first_error);
-                    c.close();
-                    throw error(errc::client_failure,
-                                "COPY is not supported by pgco; the connection was closed");
-                default:
-                    completed = true;
-                    if (keep) {
-                        last = result(r);
-                        r = nullptr;
-                    }
-                }
-                PQclear(r);
-            }
-            boost::system::error_code ec;
-            if (deadline) {
-                auto [order, read_ec, n, timer_ec] =
-                    co_await asio::experimental::make_parallel_group(
-                        c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred))
-                        .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
-                if (order[0] == 1 && !timer_ec) {
-                    timed_out = true;
-                    break;
-                }
-                ec = read_ec;
-            } else {
-                auto [read_ec, n] = co_await c.async_wait_readable(use_tuple);
-                ec = read_ec;
-            }
-            if (detail::readable_anyway(ec))
-                ec = {}; // libpq reads the EOF or error and reports it
-            if (ec || !c.conn) {
-                wait_ec = ec ? ec : asio::error::operation_aborted;
-                break;
-            }
-            // On failure libpq may still hold the server's last error (57P01, say): read it.
-            if (!PQconsumeInput(c.conn) && PQisBusy(c.conn))
-                lost = trimmed(PQerrorMessage(c.conn));
         }
     } catch (const boost::system::system_error& e) {
         // co_await throws instead of waiting when cancellation was requested in between.
-        wait_ec = e.code();
+        f.ec = e.code();
     }
+}
 
-    PQclear(first_error);
-    if (timed_out && c.conn) {
+// Waits until the server sent something (or the deadline passed) and hands it to libpq.
+asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_timer>& deadline,
+                                 io_failure& f)
+{
+    try {
+        boost::system::error_code ec;
+        if (deadline) {
+            auto [order, read_ec, n, timer_ec] =
+                co_await asio::experimental::make_parallel_group(
+                    c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred))
+                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            if (order[0] == 1 && !timer_ec) {
+                f.timed_out = true;
+                co_return;
+            }
+            ec = read_ec;
+        } else {
+            auto [read_ec, n] = co_await c.async_wait_readable(use_tuple);
+            ec = read_ec;
+        }
+        if (detail::readable_anyway(ec))
+            ec = {}; // libpq reads the EOF or error and reports it
+        if (ec || !c.conn) {
+            f.ec = ec ? ec : asio::error::operation_aborted;
+            co_return;
+        }
+        // On failure libpq may still hold the server's last error (57P01, say): read it.
+        if (!PQconsumeInput(c.conn) && PQisBusy(c.conn))
+            f.lost = trimmed(PQerrorMessage(c.conn));
+    } catch (const boost::system::system_error& e) {
+        f.ec = e.code();
+    }
+}
+
+std::optional<asio::steady_timer> make_deadline(connection_impl& c)
+{
+    // Only with a query timeout does each wait race a timer: without one, a wait costs no
+    // timer at all.
+    std::optional<asio::steady_timer> deadline;
+    if (c.query_timeout.count() > 0)
+        deadline.emplace(c.ex, c.query_timeout);
+    return deadline;
+}
+
+// Turns a failed wait into the error the caller sees. A cancelled request leaves the
+// connection usable when `recoverable`: the next operation discards its results.
+[[noreturn]] void throw_io_failure(connection_impl& c, const io_failure& f, bool recoverable)
+{
+    if (f.timed_out && c.conn) {
         request_cancel(c.conn);
         bool sent = c.request_sent;
         c.close();
@@ -484,15 +482,91 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
     if (!c.conn)
         throw error(errc::connection_closed, "the connection was closed while a query was running",
                     {}, {}, {}, {}, c.request_sent);
-    if (wait_ec == asio::error::operation_aborted) {
+    if (f.ec == asio::error::operation_aborted) {
         request_cancel(c.conn);
-        c.unfinished = true;
+        bool sent = c.request_sent;
+        if (recoverable)
+            c.unfinished = true;
+        else
+            c.close();
         throw error(errc::cancelled, "the query was cancelled; the server was asked to stop it", {},
-                    {}, {}, {}, c.request_sent);
+                    {}, {}, {}, sent);
     }
-    if (wait_ec)
-        throw_connection_lost(c, wait_ec.message());
-    throw_connection_lost(c, lost);
+    if (f.ec)
+        throw_connection_lost(c, f.ec.message());
+    throw_connection_lost(c, f.lost);
+}
+
+// The error a failed statement's result describes.
+error server_error_of(const PGresult* r, bool sent)
+{
+    auto field = [&](int code) { return trimmed(PQresultErrorField(r, code)); };
+    std::string sqlstate = field(PG_DIAG_SQLSTATE);
+    std::string primary = field(PG_DIAG_MESSAGE_PRIMARY);
+    std::string detail = field(PG_DIAG_MESSAGE_DETAIL);
+    std::string hint = field(PG_DIAG_MESSAGE_HINT);
+    if (primary.empty())
+        primary = trimmed(PQresultErrorMessage(r));
+    std::string text = (sqlstate.empty() ? "" : sqlstate + ": ") + primary;
+    if (!detail.empty())
+        text += " (" + detail + ")";
+    return error(errc::server_error, text, sqlstate, primary, detail, hint, sent);
+}
+
+// Sends what libpq still buffers, then reads every result of the current request. Returns the
+// last result, or throws the first error. With `keep == false` results are discarded (used to
+// finish a cancelled request).
+asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, bool keep)
+{
+    connection_impl& c = *self;
+    auto deadline = make_deadline(c);
+    result last;
+    PGresult* first_error = nullptr;
+    bool completed = false; // the server reported the statement complete
+    io_failure f;
+    // A cancelled pipeline (see run_pipeline) ends with its Sync, not with the first null.
+    bool pipeline = PQpipelineStatus(c.conn) != PQ_PIPELINE_OFF;
+    co_await flush_output(c, deadline, f);
+    while (!f) {
+        while (!PQisBusy(c.conn)) {
+            PGresult* r = PQgetResult(c.conn);
+            if (!r) {
+                if (pipeline && PQstatus(c.conn) != CONNECTION_BAD)
+                    continue; // the end of one command's results
+                goto done;
+            }
+            switch (PQresultStatus(r)) {
+            case PGRES_PIPELINE_SYNC:
+                PQclear(r);
+                PQexitPipelineMode(c.conn);
+                goto done;
+            case PGRES_FATAL_ERROR:
+                if (!first_error) {
+                    first_error = r;
+                    r = nullptr;
+                }
+                break;
+            case PGRES_COPY_IN:
+            case PGRES_COPY_OUT:
+            case PGRES_COPY_BOTH:
+                PQclear(r);
+                PQclear(first_error);
+                c.close();
+                throw error(errc::client_failure,
+                            "COPY is not supported by pgco; the connection was closed");
+            default:
+                completed = true;
+                if (keep) {
+                    last = result(r);
+                    r = nullptr;
+                }
+            }
+            PQclear(r);
+        }
+        co_await read_input(c, deadline, f);
+    }
+    PQclear(first_error);
+    throw_io_failure(c, f, true);
 
 done:
     c.unfinished = false;
@@ -504,33 +578,396 @@ done:
         co_return last;
     }
     if (first_error) {
-        std::unique_ptr<PGresult, decltype(&PQclear)> err(first_error, &PQclear);
-        auto field = [&](int code) { return trimmed(PQresultErrorField(first_error, code)); };
-        std::string sqlstate = field(PG_DIAG_SQLSTATE);
-        std::string primary = field(PG_DIAG_MESSAGE_PRIMARY);
-        std::string detail = field(PG_DIAG_MESSAGE_DETAIL);
-        std::string hint = field(PG_DIAG_MESSAGE_HINT);
-        if (primary.empty())
-            primary = trimmed(PQresultErrorMessage(first_error));
-        bool dead = PQstatus(c.conn) == CONNECTION_BAD;
-        std::string text = (sqlstate.empty() ? "" : sqlstate + ": ") + primary;
-        if (!detail.empty())
-            text += " (" + detail + ")";
-        bool sent = c.request_sent;
-        if (dead) {
+        std::unique_ptr<PGresult, decltype(&PQclear)> holder(first_error, &PQclear);
+        error e = server_error_of(first_error, c.request_sent);
+        if (PQstatus(c.conn) == CONNECTION_BAD) {
             c.close();
-            error lost(errc::connection_lost, "P1017: server closed the connection: " + text,
-                       sqlstate, primary, detail, hint, sent);
+            error lost(errc::connection_lost,
+                       "P1017: server closed the connection: " + std::string(e.what()),
+                       e.sqlstate(), e.server_message(), e.detail(), e.hint(), e.request_sent());
             // A server error without "complete" before it (57P01 instead of a result) means
             // the statement was aborted. With "complete" first, the commit at Sync may or may
             // not have happened before the session ended; and an error libpq made up itself
             // (no SQLSTATE: end of file, reset) means the answer was simply lost.
-            lost.set_maybe_applied(sent && (completed || sqlstate.empty()));
+            lost.set_maybe_applied(e.request_sent() && (completed || e.sqlstate().empty()));
             throw lost;
         }
-        throw error(errc::server_error, text, sqlstate, primary, detail, hint, sent);
+        throw e;
     }
     co_return last;
+}
+
+// Which result columns may be requested in binary format: pgco decodes them itself. Until
+// binary decoding covers a type, its statements stay in text.
+bool binary_columns(const PGresult* description)
+{
+    (void)description;
+    return false;
+}
+
+// What a command of a pipeline was sent for.
+struct pipeline_command
+{
+    enum kind_t
+    {
+        deallocate,
+        prepare,
+        describe,
+        execute,
+    } kind;
+    detail::batch_entry* entry = nullptr;
+    std::string name; // the prepared statement (short: no allocation)
+    PGresult* res = nullptr;
+
+    ~pipeline_command() { PQclear(res); }
+    pipeline_command(kind_t k, detail::batch_entry* e, std::string n)
+        : kind(k), entry(e), name(std::move(n))
+    {}
+    pipeline_command(pipeline_command&& o) noexcept
+        : kind(o.kind), entry(o.entry), name(std::move(o.name)), res(std::exchange(o.res, nullptr))
+    {}
+    pipeline_command(const pipeline_command&) = delete;
+};
+
+bool is_cache_invalidation(std::string_view sqlstate)
+{
+    // 26000: the prepared statement is gone (DEALLOCATE, DISCARD by someone else);
+    // 0A000: "cached plan must not change result type" after a schema change.
+    return sqlstate == "26000" || sqlstate == "0A000";
+}
+
+// Runs `entries` in one pipeline with one Sync: statements seen before on this connection as
+// named prepared statements, new ones prepared (and described) in the same round trip. The
+// caller holds the connection exclusively.
+asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
+                                   std::span<detail::batch_entry*> entries)
+{
+    connection_impl& c = *self;
+    c.request_sent = false;
+    bool started_idle = PQtransactionStatus(c.conn) == PQTRANS_IDLE;
+    std::vector<pipeline_command> cmds;
+    cmds.reserve(entries.size() + c.cache.evicted.size() + 2);
+
+    auto fail_all = [&](const error& e) {
+        for (auto* entry : entries)
+            entry->err = e;
+    };
+    auto send_failed = [&] {
+        // Without the Sync nothing of it was committed; a dead connection rolls back the rest.
+        std::string why = trimmed(PQerrorMessage(c.conn));
+        c.close();
+        fail_all(error(errc::connection_lost, "P1017: server closed the connection: " + why, {},
+                       why, {}, {}, false));
+    };
+
+    if (!PQenterPipelineMode(c.conn)) {
+        send_failed();
+        co_return;
+    }
+    for (auto& name : c.cache.evicted) {
+        std::string sql = "DEALLOCATE " + name;
+        if (!PQsendQueryParams(c.conn, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0)) {
+            send_failed();
+            co_return;
+        }
+        cmds.emplace_back(pipeline_command::deallocate, nullptr, std::string());
+    }
+    c.cache.evicted.clear();
+    for (auto* e : entries) {
+        e->res.reset();
+        e->err.reset();
+        e->rerun = false;
+        const char* sql = e->key.data();
+        const auto& p = e->params;
+        int ok;
+        if (c.cache.capacity > 0) {
+            auto it = c.cache.find(e->key);
+            if (it == c.cache.end()) {
+                it = c.cache.add(std::string(e->key));
+                if (!PQsendPrepare(c.conn, it->name.c_str(), sql, p.count, p.types) ||
+                    !PQsendDescribePrepared(c.conn, it->name.c_str())) {
+                    send_failed();
+                    co_return;
+                }
+                cmds.emplace_back(pipeline_command::prepare, e, it->name);
+                cmds.emplace_back(pipeline_command::describe, e, it->name);
+            }
+            int format = e->typed && it->binary_ok ? 1 : 0;
+            ok = PQsendQueryPrepared(c.conn, it->name.c_str(), p.count, p.values, p.lengths,
+                                     p.formats, format);
+            cmds.emplace_back(pipeline_command::execute, e, it->name);
+        } else {
+            ok =
+                PQsendQueryParams(c.conn, sql, p.count, p.types, p.values, p.lengths, p.formats, 0);
+            cmds.emplace_back(pipeline_command::execute, e, std::string());
+        }
+        if (!ok) {
+            send_failed();
+            co_return;
+        }
+    }
+    if (!PQpipelineSync(c.conn)) {
+        send_failed();
+        co_return;
+    }
+    c.request_sent = true;
+
+    // Results arrive in order: each command's, then a null, and the Sync's at the end.
+    auto deadline = make_deadline(c);
+    io_failure f;
+    std::size_t at = 0, first_error = cmds.size();
+    bool synced = false;
+    co_await flush_output(c, deadline, f);
+    while (!f && !synced) {
+        while (!PQisBusy(c.conn)) {
+            PGresult* r = PQgetResult(c.conn);
+            if (!r) {
+                if (PQstatus(c.conn) == CONNECTION_BAD) {
+                    f.lost = trimmed(PQerrorMessage(c.conn));
+                    break;
+                }
+                ++at;
+                continue;
+            }
+            auto status = PQresultStatus(r);
+            if (status == PGRES_PIPELINE_SYNC) {
+                PQclear(r);
+                synced = true;
+                break;
+            }
+            if (at >= cmds.size()) { // more results than commands: not ours to interpret
+                PQclear(r);
+                f.lost = "unexpected results in the pipeline";
+                break;
+            }
+            auto& cmd = cmds[at];
+            if (status == PGRES_FATAL_ERROR && first_error == cmds.size())
+                first_error = at;
+            if (!cmd.res || PQresultStatus(cmd.res) != PGRES_FATAL_ERROR)
+                std::swap(cmd.res, r);
+            PQclear(r);
+        }
+        if (synced || f)
+            break;
+        co_await read_input(c, deadline, f);
+    }
+
+    // Prepared statements outlive a rolled-back transaction, so each Parse that succeeded
+    // stays cached; the others are forgotten.
+    for (auto& cmd : cmds) {
+        if (cmd.kind != pipeline_command::prepare && cmd.kind != pipeline_command::describe)
+            continue;
+        auto it = c.cache.find(cmd.entry->key);
+        if (it == c.cache.end() || it->name != cmd.name)
+            continue;
+        bool ok = cmd.res && PQresultStatus(cmd.res) == PGRES_COMMAND_OK;
+        if (cmd.kind == pipeline_command::prepare) {
+            if (ok)
+                it->prepared = true;
+            else if (!it->prepared)
+                c.cache.erase(it);
+        } else if (ok) {
+            it->binary_ok = binary_columns(cmd.res);
+        }
+    }
+
+    if (!synced) {
+        // The commit at the Sync never was confirmed. If the server said why it ended the
+        // session (57P01...) before the Sync, it rolled everything back; if the link just
+        // broke, the batch may have committed.
+        const PGresult* said = first_error < cmds.size() ? cmds[first_error].res : nullptr;
+        std::string sqlstate = said ? trimmed(PQresultErrorField(said, PG_DIAG_SQLSTATE)) : "";
+        if (f.timed_out || f.ec == asio::error::operation_aborted || !c.conn) {
+            try {
+                throw_io_failure(c, f, true);
+            } catch (const error& e) {
+                fail_all(e);
+            }
+            co_return;
+        }
+        std::string why = said ? std::string(server_error_of(said, true).what())
+                               : (f.ec ? f.ec.message() : f.lost);
+        c.close();
+        error lost(errc::connection_lost, "P1017: server closed the connection: " + why, sqlstate,
+                   why, {}, {}, true);
+        lost.set_maybe_applied(sqlstate.empty());
+        fail_all(lost);
+        co_return;
+    }
+    PQexitPipelineMode(c.conn);
+
+    if (first_error == cmds.size()) {
+        for (auto& cmd : cmds)
+            if (cmd.kind == pipeline_command::execute)
+                cmd.entry->res.emplace(std::exchange(cmd.res, nullptr));
+        co_return;
+    }
+    // One statement failed: the server skipped the rest and rolled back what ran before it in
+    // the batch's implicit transaction. That one gets its error; the others had no effect and
+    // run again.
+    const auto& bad = cmds[first_error];
+    error e = server_error_of(bad.res, true);
+    e.set_maybe_applied(false);
+    for (auto* entry : entries) {
+        if (entry != bad.entry) {
+            if (started_idle)
+                entry->rerun = true;
+            else
+                entry->err = error(errc::server_error,
+                                   "25P02: the statement was skipped: an earlier statement of "
+                                   "the transaction failed",
+                                   "25P02", {}, {}, {}, false);
+            continue;
+        }
+        if (bad.kind == pipeline_command::execute && is_cache_invalidation(e.sqlstate()) &&
+            started_idle && entry->reprepared == 0) {
+            if (auto it = c.cache.find(entry->key); it != c.cache.end())
+                c.cache.erase(it);
+            ++entry->reprepared;
+            entry->rerun = true;
+            logger()->debug("Prepared statement invalidated ({}); preparing it again",
+                            e.sqlstate());
+            continue;
+        }
+        entry->err = e;
+    }
+    if (!bad.entry) { // a DEALLOCATE failed: nothing of the batch ran
+        for (auto* entry : entries) {
+            entry->rerun = started_idle;
+            entry->err.reset();
+        }
+    }
+}
+
+} // namespace
+
+namespace detail {
+
+void statement_key(std::string& out, std::string_view sql, const params_view& params)
+{
+    out.assign(sql);
+    out.push_back('\0');
+    if (params.count > 0)
+        out.append(reinterpret_cast<const char*>(params.types),
+                   static_cast<std::size_t>(params.count) * sizeof(oid));
+}
+
+bool shareable_statement(std::string_view sql) noexcept
+{
+    std::size_t i = 0;
+    for (;;) { // skip blanks and comments
+        while (i < sql.size() && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' ||
+                                  sql[i] == '\r' || sql[i] == '('))
+            ++i;
+        if (sql.substr(i, 2) == "--") {
+            auto nl = sql.find('\n', i);
+            i = nl == std::string_view::npos ? sql.size() : nl + 1;
+        } else if (sql.substr(i, 2) == "/*") {
+            auto end = sql.find("*/", i + 2);
+            i = end == std::string_view::npos ? sql.size() : end + 2;
+        } else {
+            break;
+        }
+    }
+    std::size_t j = i;
+    while (j < sql.size() && std::isalpha(static_cast<unsigned char>(sql[j])))
+        ++j;
+    auto word = sql.substr(i, j - i);
+    auto is = [&](std::string_view w) {
+        if (word.size() != w.size())
+            return false;
+        for (std::size_t k = 0; k < w.size(); ++k)
+            if (std::toupper(static_cast<unsigned char>(word[k])) != w[k])
+                return false;
+        return true;
+    };
+    return is("SELECT") || is("INSERT") || is("UPDATE") || is("DELETE") || is("WITH") ||
+           is("VALUES") || is("TABLE");
+}
+
+asio::awaitable<void> run_batch(std::shared_ptr<connection_impl> self,
+                                std::span<batch_entry*> entries)
+{
+    ensure_usable(self);
+    busy_guard guard(*self);
+    if (self->unfinished)
+        co_await complete_request(self, false);
+    if (self->doomed)
+        throw_connection_lost(*self, "the server terminated the session");
+    co_await run_pipeline(self, entries);
+}
+
+} // namespace detail
+
+namespace {
+
+// Runs one statement, through the statement cache where it applies.
+asio::awaitable<result> run_statement(std::shared_ptr<connection_impl> self, std::string_view sql,
+                                      detail::params_view params, bool typed)
+{
+    connection_impl& c = *self;
+    if (c.cache.capacity > 0 && detail::shareable_statement(sql)) {
+        detail::statement_key(c.sql, sql, params);
+        auto it = c.cache.find(c.sql);
+        if (it != c.cache.end() && it->prepared && c.cache.evicted.empty()) {
+            // The common case: one Bind/Execute/Sync of a statement the server knows.
+            int format = typed && it->binary_ok ? 1 : 0;
+            if (!PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
+                                     params.lengths, params.formats, format)) {
+                if (PQstatus(c.conn) == CONNECTION_BAD)
+                    throw_connection_lost(c, {});
+                throw error(errc::client_failure,
+                            "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
+            }
+            c.request_sent = true;
+            std::optional<error> stale;
+            try {
+                co_return co_await complete_request(self, true);
+            } catch (const error& e) {
+                if (e.code() != errc::server_error || !is_cache_invalidation(e.sqlstate()) ||
+                    !c.conn || PQtransactionStatus(c.conn) != PQTRANS_IDLE)
+                    throw;
+                stale = e;
+            }
+            // Nothing ran (the server rejected the statement itself): prepare it afresh.
+            logger()->debug("Prepared statement invalidated ({}); preparing it again",
+                            stale->sqlstate());
+            if (auto again = c.cache.find(c.sql); again != c.cache.end())
+                c.cache.erase(again);
+        }
+        // First sight (or after invalidation): Parse, Describe and Execute in one round trip.
+        detail::batch_entry entry;
+        entry.key = c.sql;
+        entry.sql_length = sql.size();
+        entry.params = params;
+        entry.typed = typed;
+        detail::batch_entry* one[] = {&entry};
+        for (int round = 0; round < 3; ++round) {
+            co_await run_pipeline(self, one);
+            if (entry.err)
+                throw *entry.err;
+            if (entry.res)
+                co_return std::move(*entry.res);
+        }
+        throw error(errc::client_failure, "the statement could not be prepared");
+    }
+    c.sql.assign(sql);
+    if (!PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
+                           params.lengths, params.formats, 0)) {
+        // Nothing reached the server in a form it could run: without the closing Sync message
+        // an extended-protocol statement is never executed.
+        if (PQstatus(c.conn) == CONNECTION_BAD)
+            throw_connection_lost(c, {});
+        throw error(errc::client_failure,
+                    "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
+    }
+    c.request_sent = true;
+    auto res = co_await complete_request(self, true);
+    // Statements that drop every prepared statement of the session.
+    auto tag = res.command_status();
+    if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL")
+        c.cache.clear();
+    co_return res;
 }
 
 } // namespace
@@ -641,11 +1078,18 @@ asio::awaitable<void> connection::connect(pool_options opts)
             throw;
         }
     }
+    self->cache.capacity = opts.pgbouncer ? 0 : opts.statement_cache_size;
     logger()->info("Database connected successfully: {} (server {}, backend pid {})", self->target,
                    PQserverVersion(self->conn), PQbackendPID(self->conn));
 }
 
 asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params)
+{
+    co_return co_await exec_params(sql, params, false);
+}
+
+asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params,
+                                                bool typed)
 {
     auto self = impl_;
     ensure_usable(self);
@@ -656,18 +1100,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
     self->request_sent = false;
     if (self->doomed) // the server said it is closing this session: nothing can reach it
         throw_connection_lost(*self, "the server terminated the session");
-    self->sql.assign(sql);
-    if (!PQsendQueryParams(self->conn, self->sql.c_str(), params.count, params.types, params.values,
-                           params.lengths, params.formats, 0)) {
-        // Nothing reached the server in a form it could run: without the closing Sync message
-        // an extended-protocol statement is never executed.
-        if (PQstatus(self->conn) == CONNECTION_BAD)
-            throw_connection_lost(*self, {});
-        throw error(errc::client_failure,
-                    "could not send the query: " + trimmed(PQerrorMessage(self->conn)));
-    }
-    self->request_sent = true;
-    co_return co_await complete_request(self, true);
+    co_return co_await run_statement(self, sql, params, typed);
 }
 
 } // namespace pgco

@@ -15,10 +15,112 @@
 #include <netinet/in.h>
 
 #include <chrono>
+#include <cstdint>
+#include <list>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 namespace pgco::detail {
+
+/// A statement text the server knows as a named prepared statement on one connection.
+struct cached_statement
+{
+    std::string key;        // SQL, a NUL, then the parameter type OIDs' bytes (see statement_key)
+    std::string name;       // "pgco_<n>", unique per connection
+    bool binary_ok = false; // every result column may be requested in binary format
+    bool prepared = false;  // the server confirmed the Parse
+};
+
+/// Per-connection LRU of prepared statements, keyed by SQL text and parameter types (the same
+/// text with other parameter types is another statement on the server).
+class statement_cache
+{
+public:
+    using iterator = std::list<cached_statement>::iterator;
+
+    std::size_t capacity = 0;
+
+    iterator find(std::string_view key)
+    {
+        auto it = index_.find(key);
+        if (it == index_.end())
+            return lru_.end();
+        lru_.splice(lru_.begin(), lru_, it->second); // most recently used first
+        return it->second;
+    }
+    iterator end() noexcept { return lru_.end(); }
+
+    /// Adds an entry (not yet prepared). The least recently used entry beyond capacity is
+    /// dropped; its name goes to `evicted` so the caller can DEALLOCATE it on the server.
+    iterator add(std::string key)
+    {
+        if (lru_.size() >= capacity && !lru_.empty()) {
+            auto& victim = lru_.back();
+            if (victim.prepared)
+                evicted.push_back(std::move(victim.name));
+            index_.erase(victim.key);
+            lru_.pop_back();
+        }
+        lru_.push_front({std::move(key), "pgco_" + std::to_string(++next_), false, false});
+        index_.emplace(lru_.front().key, lru_.begin());
+        return lru_.begin();
+    }
+
+    void erase(iterator it)
+    {
+        if (it->prepared)
+            evicted.push_back(it->name);
+        index_.erase(it->key);
+        lru_.erase(it);
+    }
+
+    /// Forgets everything (new session, DISCARD ALL, DEALLOCATE ALL).
+    void clear() noexcept
+    {
+        index_.clear();
+        lru_.clear();
+        evicted.clear();
+    }
+
+    std::size_t size() const noexcept { return lru_.size(); }
+
+    std::vector<std::string> evicted; // names to DEALLOCATE before the next statement
+
+private:
+    std::list<cached_statement> lru_;
+    std::unordered_map<std::string_view, iterator> index_;
+    std::uint64_t next_ = 0;
+};
+
+/// One statement of a pipelined batch and what became of it.
+struct batch_entry
+{
+    // In: `key` as built by statement_key; its first `sql_length` bytes are the SQL text,
+    // followed by a NUL.
+    std::string_view key;
+    std::size_t sql_length = 0;
+    params_view params;
+    bool typed = false; // decoded by pgco (binary results allowed), not handed out raw
+
+    // Out: exactly one of these after run_batch.
+    std::optional<result> res;
+    std::optional<error> err;
+    bool rerun = false; // rolled back or skipped with the batch: run it again, it had no effect
+    unsigned reprepared = 0;
+};
+
+/// `sql` + NUL + the parameter types, into `out` (reusing its buffer).
+void statement_key(std::string& out, std::string_view sql, const params_view& params);
+
+/// True for statements worth preparing and safe to share a pipeline with others: plain
+/// SELECT / INSERT / UPDATE / DELETE / WITH / VALUES / TABLE. Transaction control, SET,
+/// utility commands (VACUUM...) run alone, unnamed.
+bool shareable_statement(std::string_view sql) noexcept;
 
 struct connection_impl
 {
@@ -41,6 +143,7 @@ struct connection_impl
     bool unfinished = false; // a cancelled request still has results to discard
     bool doomed = false;     // the server announced it is closing this connection (57P01...)
     std::chrono::milliseconds query_timeout{0};
+    statement_cache cache;
 
     void release_socket() noexcept
     {
@@ -55,6 +158,7 @@ struct connection_impl
             PQfinish(conn);
             conn = nullptr;
         }
+        cache.clear(); // prepared statements die with the session
         unfinished = false;
         doomed = false;
     }
@@ -120,5 +224,12 @@ inline bool readable_anyway(const boost::system::error_code& ec)
 
 /// The implementation behind a connection (for the pool).
 connection_impl& impl_of(connection& c) noexcept;
+
+/// Runs `entries` in one pipeline with one Sync on an idle connection (the pool's
+/// multiplexing). Every entry ends with a result, an error, or `rerun` (its effects were
+/// rolled back with the batch, or it never ran). Throws only if the connection was unusable
+/// before anything was sent.
+boost::asio::awaitable<void> run_batch(std::shared_ptr<connection_impl> self,
+                                       std::span<batch_entry*> entries);
 
 } // namespace pgco::detail

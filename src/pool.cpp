@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <array>
 #include <csignal>
+#include <deque>
 #include <mutex>
 #include <random>
 
@@ -100,6 +101,46 @@ struct event
 
 } // namespace
 
+/// A statement waiting to share a connection (multiplexing). Its text and parameters are
+/// copied: the caller may be cancelled, and its frame destroyed, while a batch is being sent.
+struct mux_item
+{
+    explicit mux_item(const asio::any_io_executor& ex) : done(ex, 1) {}
+
+    void copy(std::string_view sql, const params_view& p)
+    {
+        statement_key(key, sql, p);
+        auto n = static_cast<std::size_t>(p.count);
+        types.assign(p.types, p.types + n);
+        values.resize(n);
+        pointers.resize(n);
+        lengths.assign(p.lengths, p.lengths + n);
+        formats.assign(p.formats, p.formats + n);
+        for (std::size_t i = 0; i < n; ++i) {
+            if (!p.values[i])
+                continue; // NULL
+            // Text parameters end at their NUL; binary ones have a length.
+            std::size_t len = p.formats[i] == 1 ? static_cast<std::size_t>(p.lengths[i])
+                                                : std::char_traits<char>::length(p.values[i]);
+            values[i].assign(p.values[i], len);
+            pointers[i] = values[i].c_str();
+        }
+        entry.key = key;
+        entry.sql_length = sql.size();
+        entry.params = {p.count, types.data(), pointers.data(), lengths.data(), formats.data()};
+        entry.typed = true;
+    }
+
+    std::string key;
+    std::vector<oid> types;
+    std::vector<std::string> values;
+    std::vector<const char*> pointers;
+    std::vector<int> lengths, formats;
+    batch_entry entry;
+    bool taken = false, abandoned = false; // under pool_state::mu
+    permit_channel done;                   // one message: the outcome is in `entry`
+};
+
 struct pooled_entry
 {
     std::unique_ptr<connection> conn;
@@ -141,8 +182,9 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     std::vector<std::chrono::microseconds> waits; // the latest acquire waits, a ring
     std::size_t waits_next = 0;
     std::minstd_rand rng;
-    std::shared_ptr<event> reconnect_done; // set while a reconnect runs
-    std::shared_ptr<event> close_done;     // set once close() starts
+    std::deque<std::shared_ptr<mux_item>> mux_queue; // statements waiting to share a connection
+    std::shared_ptr<event> reconnect_done;           // set while a reconnect runs
+    std::shared_ptr<event> close_done;               // set once close() starts
     std::unique_ptr<asio::signal_set> signals;
 
     std::size_t open_locked() const { return idle.size() + in_use + checking; }
@@ -245,6 +287,187 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         if (!keep)
             close_later(std::move(c));
         release_permit();
+        kick_mux();
+    }
+
+    // ---- multiplexing ----
+
+    static void complete(mux_item& item)
+    {
+        // As in release_permit: Boost 1.81's channel may refuse try_send after a cancelled
+        // receive; a send still delivers.
+        if (!item.done.try_send(boost::system::error_code{}))
+            item.done.async_send(boost::system::error_code{}, [](boost::system::error_code) {});
+    }
+
+    /// Starts a runner if statements wait and a permit is free. Called after every change that
+    /// may make that true (an item queued, a permit released), so that one side always sees
+    /// the other.
+    void kick_mux()
+    {
+        {
+            std::lock_guard lock(mu);
+            if (mux_queue.empty() || closing)
+                return;
+        }
+        if (!permits.try_receive([](auto) {}))
+            return; // every permit is held: its holder kicks when it gives it back
+        asio::co_spawn(ex, run_mux(shared_from_this()), asio::detached);
+    }
+
+    /// Holds one permit and serves the queue in pipelined batches on one connection, until
+    /// the queue is empty, the connection breaks, or a caller waits in `acquire` (who then gets
+    /// the connection: exclusive users are not starved by shared ones).
+    static asio::awaitable<void> run_mux(std::shared_ptr<pool_state> s)
+    {
+        pooled_connection c;
+        bool permit = true;
+        std::vector<std::shared_ptr<mux_item>> batch;
+        std::vector<batch_entry*> entries;
+        batch.reserve(s->opts.pipeline_depth);
+        for (;;) {
+            batch.clear();
+            bool yield = false;
+            {
+                std::lock_guard lock(s->mu);
+                while (!s->mux_queue.empty() && batch.size() < s->opts.pipeline_depth) {
+                    auto item = std::move(s->mux_queue.front());
+                    s->mux_queue.pop_front();
+                    if (item->abandoned)
+                        continue;
+                    item->taken = true;
+                    batch.push_back(std::move(item));
+                }
+                yield = s->waiting > 0 || s->closing;
+            }
+            if (batch.empty())
+                break;
+            if (!c) {
+                std::optional<error> failed;
+                try {
+                    auto now = pool_clock::now();
+                    auto deadline = s->opts.pool_timeout.count() > 0
+                                        ? now + s->opts.pool_timeout
+                                        : pool_clock::time_point::max();
+                    c = co_await with_permit(s, now, deadline, true);
+                } catch (const error& e) {
+                    failed = e;
+                }
+                if (failed) { // with_permit gave the permit back
+                    permit = false;
+                    for (auto& item : batch) {
+                        item->entry.err = *failed;
+                        complete(*item);
+                    }
+                    break;
+                }
+            }
+            entries.clear();
+            for (auto& item : batch)
+                entries.push_back(&item->entry);
+            std::optional<error> failed;
+            try {
+                co_await run_batch(shared_impl_of(*c), entries);
+            } catch (const error& e) {
+                failed = e;
+            }
+            std::size_t reruns = 0;
+            {
+                std::lock_guard lock(s->mu);
+                ++s->counters.pipeline_batches;
+                // Statements rolled back with the batch go to the front again, in order.
+                for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+                    auto& item = **it;
+                    if (failed || item.abandoned) {
+                        item.entry.rerun = false; // completed below
+                    } else if (item.entry.rerun) {
+                        item.taken = false;
+                        s->mux_queue.push_front(*it);
+                        ++reruns;
+                    }
+                }
+                s->counters.statements_multiplexed += batch.size() - reruns;
+            }
+            for (auto& item : batch) {
+                if (failed && !item->entry.err && !item->entry.res)
+                    item->entry.err = *failed;
+                if (!item->entry.rerun)
+                    complete(*item);
+            }
+            if (!impl_of(*c).reusable()) {
+                c.release(); // closes it, gives the permit back and kicks
+                co_return;
+            }
+            if (yield)
+                break;
+            // Let the callers just completed queue their next statements, so that the next
+            // batch is full rather than a straggler's alone.
+            co_await asio::post(s->ex, asio::use_awaitable);
+        }
+        if (c) {
+            c.release();
+        } else if (permit) {
+            s->release_permit();
+            s->kick_mux();
+        }
+    }
+
+    /// A statement for the queue: waits until a runner has run it.
+    static asio::awaitable<result> multiplexed(std::shared_ptr<pool_state> s, std::string_view sql,
+                                               params_view params)
+    {
+        auto ex = co_await asio::this_coro::executor;
+        auto item = std::make_shared<mux_item>(ex);
+        item->copy(sql, params);
+        {
+            std::lock_guard lock(s->mu);
+            if (s->closing)
+                throw_closed();
+            if (s->mux_queue.size() >= s->opts.max_waiters)
+                throw error(errc::pool_exhausted,
+                            "too many statements are waiting for a pooled connection "
+                            "(max_waiters=" +
+                                std::to_string(s->opts.max_waiters) + ")");
+            s->mux_queue.push_back(item);
+        }
+        s->kick_mux();
+
+        // True if a runner took the item already (it may have been sent). Only a caller that
+        // leaves marks a taken item abandoned; a timeout leaves it to finish.
+        auto abandon = [&](bool leaving) {
+            std::lock_guard lock(s->mu);
+            if (leaving || !item->taken)
+                item->abandoned = true;
+            return item->taken;
+        };
+        bool done = false;
+        if (s->opts.pool_timeout.count() > 0) {
+            asio::steady_timer timer(ex, s->opts.pool_timeout);
+            auto [order, ec, timer_ec] =
+                co_await asio::experimental::make_parallel_group(
+                    item->done.async_receive(asio::deferred), timer.async_wait(asio::deferred))
+                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            if (!ec) {
+                done = true;
+            } else if (!timer_ec) {
+                // pool_timeout while queued: give up, unless a runner took it meanwhile.
+                if (!abandon(false))
+                    s->throw_timeout();
+            } else {
+                bool sent = abandon(true);
+                throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
+            }
+        }
+        if (!done) {
+            auto [ec] = co_await item->done.async_receive(use_tuple);
+            if (ec) {
+                bool sent = abandon(true);
+                throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
+            }
+        }
+        if (item->entry.err)
+            throw *item->entry.err;
+        co_return std::move(*item->entry.res);
     }
 
     // ---- acquiring ----
@@ -459,6 +682,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         } catch (const std::exception& e) {
             logger()->warn("Could not open a replacement connection: {}", e.what());
             release_permit();
+            kick_mux();
         }
     }
 
@@ -553,7 +777,16 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 s->throw_timeout();
         }
 
-        // We hold a permit: reuse an idle connection, or open one.
+        co_return co_await with_permit(s, start, deadline, single_attempt);
+    }
+
+    /// Holding a permit: reuses an idle connection, or opens one. Gives the permit back if it
+    /// fails.
+    static asio::awaitable<pooled_connection> with_permit(std::shared_ptr<pool_state> s,
+                                                          pool_clock::time_point start,
+                                                          pool_clock::time_point deadline,
+                                                          bool single_attempt)
+    {
         for (;;) {
             pooled_entry e;
             {
@@ -586,6 +819,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             c = co_await s->open_connection(deadline, single_attempt);
         } catch (...) {
             s->release_permit();
+            s->kick_mux();
             throw;
         }
         auto meta = s->new_meta();
@@ -662,6 +896,15 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 signals->cancel(ignored);
                 signals->clear(ignored);
             }
+        }
+        std::deque<std::shared_ptr<mux_item>> queued;
+        {
+            std::lock_guard lock(mu);
+            queued.swap(mux_queue);
+        }
+        for (auto& item : queued) {
+            item->entry.err = error(errc::pool_closed, "the pool is closed");
+            complete(*item);
         }
         permits.close(); // wakes every waiter; they find the pool closed
         for (auto& e : closing_idle)
@@ -882,6 +1125,28 @@ asio::awaitable<pooled_connection> retry_loop::acquire()
         logger()->info(transaction_ ? "Retrying transaction after reconnection..."
                                     : "Retrying query after reconnection...");
     co_return c;
+}
+
+asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params)
+{
+    auto& s = state;
+    if (s->opts.multiplex && shareable_statement(sql)) {
+        if (s->closing_now())
+            pool_state::throw_closed();
+        if (retries_ > 0)
+            logger()->info("Retrying query after reconnection...");
+        // A connection of its own when one is free at once: no batching delay for a lone
+        // caller. Otherwise share.
+        if (!s->permits.try_receive([](auto) {}))
+            co_return co_await pool_state::multiplexed(s, sql, params);
+        auto now = pool_clock::now();
+        auto deadline = s->opts.pool_timeout.count() > 0 ? now + s->opts.pool_timeout
+                                                         : pool_clock::time_point::max();
+        auto c = co_await pool_state::with_permit(s, now, deadline, true);
+        co_return co_await c->exec_params(sql, params, true);
+    }
+    auto c = co_await acquire();
+    co_return co_await c->exec_params(sql, params, true);
 }
 
 retry_loop::verdict retry_loop::failed(const error& e)

@@ -58,6 +58,13 @@ std::string type_name(oid type)
     }
 }
 
+std::string to_string(const uuid& u)
+{
+    std::string out;
+    detail::append_uuid(out, u.octets.data());
+    return out;
+}
+
 void result::deleter::operator()(pg_result* r) const noexcept
 {
     PQclear(r);
@@ -87,6 +94,11 @@ oid result::column_type(std::size_t c) const noexcept
 bool result::is_null(std::size_t row, std::size_t c) const noexcept
 {
     return PQgetisnull(res_.get(), static_cast<int>(row), static_cast<int>(c)) != 0;
+}
+
+bool result::is_binary(std::size_t c) const noexcept
+{
+    return res_ && PQfformat(res_.get(), static_cast<int>(c)) == 1;
 }
 
 std::string_view result::value(std::size_t row, std::size_t c) const noexcept
@@ -149,12 +161,23 @@ void result::throw_null(std::size_t row, std::size_t c, const char* cpp_name) co
 void result::throw_invalid(std::size_t row, std::size_t c, const char* cpp_name) const
 {
     auto text = value(row, c);
-    std::string shown(text.substr(0, 64));
-    if (text.size() > 64)
-        shown += "...";
+    std::string shown;
+    if (is_binary(c)) {
+        // Binary bytes are shown in hex; they may be unprintable.
+        static constexpr char hex[] = "0123456789abcdef";
+        shown = "binary 0x";
+        for (unsigned char ch : text.substr(0, 32)) {
+            shown += hex[ch >> 4];
+            shown += hex[ch & 0xf];
+        }
+        if (text.size() > 32)
+            shown += "...";
+    } else {
+        shown = "'" + std::string(text.substr(0, 64)) + (text.size() > 64 ? "...'" : "'");
+    }
     throw error(errc::invalid_value, describe_column(*this, c) + " in row " +
-                                         std::to_string(row + 1) + ": cannot read '" + shown +
-                                         "' (" + type_name(column_type(c)) + ") as " + cpp_name);
+                                         std::to_string(row + 1) + ": cannot read " + shown + " (" +
+                                         type_name(column_type(c)) + ") as " + cpp_name);
 }
 
 } // namespace pgco

@@ -23,6 +23,7 @@ class connection;
 namespace detail {
 struct connection_impl;
 connection_impl& impl_of(connection& c) noexcept;
+std::shared_ptr<connection_impl> shared_impl_of(connection& c) noexcept;
 
 /// Bound parameters in the parallel arrays `PQsendQueryParams` takes.
 struct params_view
@@ -131,7 +132,7 @@ public:
     boost::asio::awaitable<std::vector<Row>> query(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        auto res = co_await exec_params(sql, pack.view());
+        auto res = co_await exec_params(sql, pack.view(), true);
         co_return res.template as<Row>();
     }
 
@@ -141,7 +142,7 @@ public:
     boost::asio::awaitable<Row> query_one(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        auto res = co_await exec_params(sql, pack.view());
+        auto res = co_await exec_params(sql, pack.view(), true);
         if (res.empty())
             throw error(errc::no_rows, "the query returned no rows");
         co_return res.template row_as<Row>(0);
@@ -152,12 +153,19 @@ public:
     boost::asio::awaitable<std::uint64_t> execute(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        auto res = co_await exec_params(sql, pack.view());
+        auto res = co_await exec_params(sql, pack.view(), true);
         co_return res.rows_affected();
     }
 
     /// Runs a statement with parameters already in libpq's layout.
+    ///
+    /// SELECT, INSERT, UPDATE, DELETE, WITH, VALUES and TABLE statements run as named prepared
+    /// statements, cached per connection (`pool_options::statement_cache_size`; the first run
+    /// prepares in the same round trip). With `typed`, pgco decodes the result itself, so it
+    /// may ask for binary columns; raw results (`exec`) are always text.
     boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params);
+    boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params,
+                                               bool typed);
 
     /// Bounds every statement from sending to its last result; zero (the default) means no
     /// bound. On expiry the server is asked to cancel, the connection is closed (a stalled
@@ -190,6 +198,7 @@ public:
 
 private:
     friend detail::connection_impl& detail::impl_of(connection& c) noexcept;
+    friend std::shared_ptr<detail::connection_impl> detail::shared_impl_of(connection& c) noexcept;
     std::shared_ptr<detail::connection_impl> impl_;
 };
 

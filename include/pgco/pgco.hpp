@@ -5,7 +5,9 @@
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
 #include <pgco/error.hpp>
+#include <pgco/listener.hpp>
 #include <pgco/log.hpp>
+#include <pgco/metrics.hpp>
 #include <pgco/pool.hpp>
 #include <pgco/result.hpp>
 #include <pgco/retry.hpp>

@@ -33,15 +33,17 @@ struct pool_stats
     std::size_t connecting = 0; ///< being opened now
     std::size_t waiting = 0;    ///< callers waiting in `acquire`
 
-    std::uint64_t acquired = 0;              ///< successful acquires, ever
-    std::uint64_t acquire_timeouts = 0;      ///< acquires that ran out of `pool_timeout`
-    std::uint64_t connections_opened = 0;    ///< successful connects, ever
-    std::uint64_t connections_closed = 0;    ///< connections closed for any reason
-    std::uint64_t connect_failures = 0;      ///< connects that failed
-    std::uint64_t closed_by_server = 0;      ///< idle connections found closed by the server
-    std::uint64_t health_check_failures = 0; ///< pings that failed or timed out
-    std::uint64_t reconnects = 0;            ///< `reconnect()` calls carried out
-    std::uint64_t query_retries = 0;         ///< queries repeated by the retry layer
+    std::uint64_t acquired = 0;               ///< successful acquires, ever
+    std::uint64_t acquire_timeouts = 0;       ///< acquires that ran out of `pool_timeout`
+    std::uint64_t connections_opened = 0;     ///< successful connects, ever
+    std::uint64_t connections_closed = 0;     ///< connections closed for any reason
+    std::uint64_t connect_failures = 0;       ///< connects that failed
+    std::uint64_t closed_by_server = 0;       ///< idle connections found closed by the server
+    std::uint64_t health_check_failures = 0;  ///< pings that failed or timed out
+    std::uint64_t reconnects = 0;             ///< `reconnect()` calls carried out
+    std::uint64_t query_retries = 0;          ///< queries repeated by the retry layer
+    std::uint64_t statements_multiplexed = 0; ///< statements sent in shared pipelined batches
+    std::uint64_t pipeline_batches = 0;       ///< such batches (one round trip each)
 
     std::chrono::microseconds acquire_wait_p50{0}; ///< median acquire wait (recent acquires)
     std::chrono::microseconds acquire_wait_p99{0}; ///< 99th percentile acquire wait
@@ -98,6 +100,10 @@ public:
     /// A connection for the next try; connect failures surface at once (the loop owns the
     /// backoff) instead of being retried until `pool_timeout`.
     boost::asio::awaitable<pooled_connection> acquire();
+    /// Runs one statement for the pool's query helpers: on a connection of its own when one is
+    /// free at once, otherwise (with `multiplex`) in a pipelined batch with other callers'
+    /// statements on a connection already at work.
+    boost::asio::awaitable<result> run(std::string_view sql, params_view params);
     /// Records a failure and decides. Logs the story.
     verdict failed(const error& e);
     /// The error to throw after giving up: the last one, with every attempt listed.
@@ -221,11 +227,8 @@ public:
     boost::asio::awaitable<std::vector<Row>> query(retry_mode mode, std::string_view sql,
                                                    const Params&... params)
     {
-        // `sql` by value: this function returns before the work runs; `params` refer to the
-        // caller's arguments, which live until the caller's co_await completes.
-        return retrying<std::vector<Row>>(mode, [sql, &params...](connection& c) {
-            return c.template query<Row>(sql, params...);
-        });
+        return statement<std::vector<Row>>(
+            mode, sql, [](result& r) { return r.template as<Row>(); }, params...);
     }
 
     /// Runs one statement and maps its first row to `Row` (`errc::no_rows` if none); retried
@@ -239,9 +242,14 @@ public:
     boost::asio::awaitable<Row> query_one(retry_mode mode, std::string_view sql,
                                           const Params&... params)
     {
-        return retrying<Row>(mode, [sql, &params...](connection& c) {
-            return c.template query_one<Row>(sql, params...);
-        });
+        return statement<Row>(
+            mode, sql,
+            [](result& r) {
+                if (r.empty())
+                    throw error(errc::no_rows, "the query returned no rows");
+                return r.template row_as<Row>(0);
+            },
+            params...);
     }
 
     /// Runs one statement and returns the number of rows it affected; retried like `query`.
@@ -254,8 +262,8 @@ public:
     boost::asio::awaitable<std::uint64_t> execute(retry_mode mode, std::string_view sql,
                                                   const Params&... params)
     {
-        return retrying<std::uint64_t>(
-            mode, [sql, &params...](connection& c) { return c.execute(sql, params...); });
+        return statement<std::uint64_t>(
+            mode, sql, [](result& r) { return r.rows_affected(); }, params...);
     }
 
     /// Runs `fn(tx)` between BEGIN and COMMIT on one connection and returns what it returns.
@@ -334,17 +342,21 @@ public:
     pool_stats stats() const;
 
 private:
-    /// Runs `op(connection&)` on a pooled connection under the retry policy.
-    template <class T, class Op>
-    boost::asio::awaitable<T> retrying(retry_mode mode, Op op)
+    /// Runs one statement under the retry policy and turns its result into `T` with `decode`.
+    /// `sql` and `params` refer to the caller's arguments, which live until the caller's
+    /// co_await completes.
+    template <class T, class Decode, class... Params>
+    boost::asio::awaitable<T> statement(retry_mode mode, std::string_view sql, Decode decode,
+                                        const Params&... params)
     {
+        detail::param_pack<sizeof...(Params)> pack(params...);
         detail::retry_loop loop(state_, mode, false);
         for (;;) {
             auto verdict = detail::retry_loop::verdict::rethrow;
             std::exception_ptr failure;
             try {
-                auto c = co_await loop.acquire();
-                T value = co_await op(*c);
+                result r = co_await loop.run(sql, pack.view());
+                T value = decode(r);
                 loop.succeeded();
                 co_return value;
             } catch (const error& e) {

@@ -22,6 +22,11 @@ namespace pgco {
 /// Decoding is checked: `as<Row>()` compares the column count and every column's type with
 /// `Row` before it reads a value, and fails with `column_count_mismatch`, `type_mismatch`,
 /// `unexpected_null` or `invalid_value`, naming the column.
+///
+/// Each column is decoded in the format it arrived in: text, or binary where pgco asked for it
+/// (only on the typed paths, `query` and `query_one`, and only when every column's type is
+/// one whose binary form it reads: see `detail::binary_result_safe`). Both give the same
+/// values and the same failures.
 class result
 {
 public:
@@ -41,7 +46,11 @@ public:
     oid column_type(std::size_t c) const noexcept;
     /// True if the value at (`row`, `c`) is NULL.
     bool is_null(std::size_t row, std::size_t c) const noexcept;
-    /// The text form of the value at (`row`, `c`); empty for NULL. Valid while `*this` lives.
+    /// True if column `c` arrived in binary format rather than text.
+    bool is_binary(std::size_t c) const noexcept;
+    /// The bytes of the value at (`row`, `c`) in the column's format (see `is_binary`): its
+    /// text form, unless binary results were requested, which pgco does only on the typed paths
+    /// and never for `connection::exec`. Empty for NULL. Valid while `*this` lives.
     std::string_view value(std::size_t row, std::size_t c) const noexcept;
     /// Rows inserted, updated, deleted, selected... as in the command tag; 0 if none.
     std::uint64_t rows_affected() const noexcept;
@@ -124,9 +133,11 @@ private:
         } else {
             if (is_null(row, c))
                 throw_null(row, c, detail::value_traits<T>::cpp_name);
+            using traits = detail::value_traits<T>;
             T out{};
-            if (!detail::value_traits<T>::decode(value(row, c), out))
-                throw_invalid(row, c, detail::value_traits<T>::cpp_name);
+            if (!(is_binary(c) ? traits::decode_binary(value(row, c), column_type(c), out)
+                               : traits::decode(value(row, c), out)))
+                throw_invalid(row, c, traits::cpp_name);
             return out;
         }
     }
@@ -151,5 +162,29 @@ private:
     };
     std::unique_ptr<pg_result, deleter> res_;
 };
+
+namespace detail {
+
+/// True if rows of `Row` may be read from a binary result whose columns have `types`: the
+/// column count matches and every field reads its column exactly as from text (see
+/// `binary_exact`). False where decoding would fail anyway; the text path reports it.
+template <class Row>
+bool binary_row_safe(const oid* types, std::size_t n) noexcept
+{
+    if constexpr (column_value<Row>) {
+        return n == 1 && binary_exact<Row>(types[0]);
+    } else {
+        constexpr std::size_t fields = boost::pfr::tuple_size_v<Row>;
+        if (n != fields)
+            return false;
+        return [types]<std::size_t... I>(std::index_sequence<I...>)
+        {
+            return (binary_exact<boost::pfr::tuple_element_t<I, Row>>(types[I]) && ...);
+        }
+        (std::make_index_sequence<fields>{});
+    }
+}
+
+} // namespace detail
 
 } // namespace pgco

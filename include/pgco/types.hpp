@@ -1,5 +1,8 @@
 #pragma once
 
+#include <array>
+#include <chrono>
+#include <compare>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -11,6 +14,25 @@ using oid = unsigned int;
 
 /// The contents of a `bytea` value.
 using bytes = std::vector<std::byte>;
+
+/// A `timestamp` or `timestamptz` value, at the server's resolution. A `timestamp` (without
+/// time zone) is read as if its wall-clock time were UTC. The server's `infinity` and
+/// `-infinity` read as `timestamp::max()` and `timestamp::min()`, and are sent back as such.
+using timestamp = std::chrono::sys_time<std::chrono::microseconds>;
+
+/// A `date` value; `infinity` and `-infinity` read as `date::max()` and `date::min()`.
+using date = std::chrono::sys_days;
+
+/// A `uuid` value: its 16 bytes in the order the text form shows them.
+struct uuid
+{
+    std::array<unsigned char, 16> octets{};
+
+    friend auto operator<=>(const uuid&, const uuid&) = default;
+};
+
+/// The usual text form of a uuid, "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx", in lowercase.
+std::string to_string(const uuid& u);
 
 /// OIDs of the built-in types pgco knows by name (from `pg_type.dat`, stable across versions).
 namespace oids {

@@ -685,8 +685,9 @@ TEST(pool, close_on_signals_closes_gracefully_and_leaves_other_handlers_alone)
 TEST(pool, stats_report_waits_and_counts)
 {
     run([]() -> awaitable<void> {
+        // Without multiplexing, so that every statement waits for the connection of its own.
         pgco::pool p(co_await asio::this_coro::executor,
-                     pgco::pool_options::from_url(pool_url("connection_limit=1")));
+                     pgco::pool_options::from_url(pool_url("connection_limit=1&multiplex=false")));
         auto ex = co_await asio::this_coro::executor;
         int done = 0;
         for (int i = 0; i < 5; ++i)

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <ostream>
 #include <string>
+#include <vector>
 
 using namespace std::chrono_literals;
 using pgco::pool_options;
@@ -249,6 +250,51 @@ TEST(config, redacted_hides_the_parsed_password)
     EXPECT_EQ(options.redacted(), "postgresql://u:***@h/db");
     EXPECT_EQ(pool_options::from_url("password=s3cr3t host=h").redacted(),
               "password='***' host='h'");
+}
+
+// The URLs of docs/high-availability.md: two loopback hosts with ports, libpq's
+// target_session_attrs kept for libpq, pgco's retry and PgBouncer parameters taken out.
+TEST(config, multi_host_failover_url)
+{
+    auto options = pool_options::from_url(
+        "postgresql://u:s3cr3t@127.0.0.1:5001,127.0.0.1:5002/db?target_session_attrs=read-write"
+        "&retry_attempts=4&retry_backoff=0,0.5,1,2&connect_timeout=2&connection_limit=6");
+    EXPECT_EQ(
+        options.conninfo,
+        "postgresql://u:s3cr3t@127.0.0.1:5001,127.0.0.1:5002/db?target_session_attrs=read-write");
+    EXPECT_EQ(options.retry.attempts, 4u);
+    EXPECT_EQ(options.retry.backoff,
+              (std::vector<std::chrono::milliseconds>{0ms, 500ms, 1000ms, 2000ms}));
+    EXPECT_EQ(options.connect_timeout, 2s);
+    EXPECT_EQ(options.connection_limit, 6u);
+    EXPECT_EQ(options.redacted(), "postgresql://u:***@127.0.0.1:5001,127.0.0.1:5002/db?"
+                                  "target_session_attrs=read-write");
+
+    for (std::string attrs : {"prefer-standby", "read-only", "standby", "primary", "any"}) {
+        auto read = pool_options::from_url("postgresql://u:p@[::1]:5001,127.0.0.1:5002/db?"
+                                           "target_session_attrs=" +
+                                           attrs);
+        EXPECT_EQ(read.conninfo, "postgresql://u:p@[::1]:5001,127.0.0.1:5002/db?"
+                                 "target_session_attrs=" +
+                                     attrs);
+    }
+    // The same in libpq's key=value form: comma-separated hosts and ports.
+    auto keywords = pool_options::from_url("host=127.0.0.1,127.0.0.1 port=5001,5002 dbname=db "
+                                           "target_session_attrs=read-write retry_backoff=0,1");
+    EXPECT_EQ(keywords.conninfo, "host='127.0.0.1,127.0.0.1' port='5001,5002' dbname='db' "
+                                 "target_session_attrs='read-write'");
+    EXPECT_EQ(keywords.retry.backoff, (std::vector<std::chrono::milliseconds>{0ms, 1000ms}));
+}
+
+TEST(config, pgbouncer_flag)
+{
+    auto on = pool_options::from_url("postgresql://u:p@127.0.0.1:6432/db?pgbouncer=true");
+    EXPECT_TRUE(on.pgbouncer);
+    EXPECT_EQ(on.conninfo, "postgresql://u:p@127.0.0.1:6432/db");
+    EXPECT_FALSE(pool_options::from_url("postgresql://h/db").pgbouncer);
+    EXPECT_FALSE(pool_options::from_url("postgresql://h/db?pgbouncer=0").pgbouncer);
+    EXPECT_TRUE(pool_options::from_url("host=h pgbouncer=1").pgbouncer);
+    EXPECT_THROW(pool_options::from_url("postgresql://h/db?pgbouncer=yes"), pgco::error);
 }
 
 class config_env : public testing::Test

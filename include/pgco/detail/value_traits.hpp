@@ -1,11 +1,22 @@
 #pragma once
 
 // How each supported C++ type travels to and from PostgreSQL: which column types it may be
-// read from, how its text form is parsed, and how it is sent as a parameter.
+// read from, how its text and binary forms are parsed, and how it is sent as a parameter.
+//
+// Every traits class has
+//   accepts(oid)                    the column types it may be read from;
+//   decode(text, out)               parses the text form;
+//   decode_binary(bytes, oid, out)  parses the binary form of a column of that type, giving
+//                                   the same value and the same failures as decode() on the
+//                                   text the server would have sent instead;
+//   encode(value, param_slot&)      fills a parameter.
 
+#include <pgco/detail/binary.hpp>
 #include <pgco/types.hpp>
 
+#include <bit>
 #include <charconv>
+#include <chrono>
 #include <cmath>
 #include <concepts>
 #include <cstdint>
@@ -15,18 +26,20 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 
 namespace pgco::detail {
 
-/// One bound parameter as libpq wants it. Numbers are formatted into `buf`; text that is not
-/// NUL-terminated is copied into `owned`, because libpq reads text parameters up to the NUL.
+/// One bound parameter as libpq wants it. Numbers are written into `buf` (binary, in network
+/// byte order, or as text); text that is not NUL-terminated is copied into `owned`, because
+/// libpq reads text parameters up to the NUL.
 struct param_slot
 {
     const char* value = nullptr;
     int length = 0;
     int format = 0; // 0 text, 1 binary
     oid type = oids::unspecified;
-    char buf[32];
+    char buf[40]; // room for the longest text form below: a timestamp, 34 characters
     std::string owned;
 };
 
@@ -43,6 +56,47 @@ inline bool is_integer_column(oid t) noexcept
 {
     return t == oids::int2 || t == oids::int4 || t == oids::int8 || t == oids::oid_ ||
            t == oids::numeric;
+}
+
+/// The value of a binary int2, int4, int8 or oid column; false for other types and for a
+/// length that does not match the type.
+inline bool decode_binary_integer(std::string_view s, oid t, std::int64_t& out) noexcept
+{
+    switch (t) {
+    case oids::int2:
+        if (s.size() != 2)
+            return false;
+        out = static_cast<std::int16_t>(load_be<std::uint16_t>(s.data()));
+        return true;
+    case oids::int4:
+        if (s.size() != 4)
+            return false;
+        out = static_cast<std::int32_t>(load_be<std::uint32_t>(s.data()));
+        return true;
+    case oids::oid_: // unsigned on the wire and in its text form
+        if (s.size() != 4)
+            return false;
+        out = load_be<std::uint32_t>(s.data());
+        return true;
+    case oids::int8:
+        if (s.size() != 8)
+            return false;
+        out = static_cast<std::int64_t>(load_be<std::uint64_t>(s.data()));
+        return true;
+    default:
+        return false;
+    }
+}
+
+/// Writes `v` in network byte order into `p.buf` as a binary parameter of type `type`.
+template <class U>
+void encode_binary(U v, oid type, param_slot& p) noexcept
+{
+    store_be(v, p.buf);
+    p.value = p.buf;
+    p.length = sizeof(U);
+    p.format = 1;
+    p.type = type;
 }
 
 template <integer T>
@@ -63,17 +117,36 @@ struct value_traits<T>
         return ec == std::errc{} && end == s.data() + s.size();
     }
 
+    static bool decode_binary(std::string_view s, oid t, T& out) noexcept
+    {
+        std::int64_t v = 0;
+        // Out of T's range fails, as from_chars does on the text form.
+        if (!decode_binary_integer(s, t, v) || !std::in_range<T>(v))
+            return false;
+        out = static_cast<T>(v);
+        return true;
+    }
+
     static bool encode(const T& v, param_slot& p) noexcept
     {
-        auto [end, ec] = std::to_chars(p.buf, p.buf + sizeof(p.buf) - 1, v);
-        *end = '\0';
-        p.value = p.buf;
-        p.length = static_cast<int>(end - p.buf);
-        if constexpr (std::is_signed_v<T>)
-            p.type = sizeof(T) <= 2 ? oids::int2 : sizeof(T) <= 4 ? oids::int4 : oids::int8;
-        else
-            p.type = sizeof(T) <= 2 ? oids::int4 : sizeof(T) <= 4 ? oids::int8 : oids::numeric;
-        return ec == std::errc{};
+        // Binary, typed by width; an unsigned value takes the next wider signed type, so it
+        // always fits. The type depends on T alone: statements are cached by parameter types.
+        if constexpr (std::is_signed_v<T> && sizeof(T) <= 2) {
+            encode_binary(static_cast<std::uint16_t>(v), oids::int2, p);
+        } else if constexpr ((std::is_signed_v<T> && sizeof(T) <= 4) || sizeof(T) <= 2) {
+            encode_binary(static_cast<std::uint32_t>(static_cast<std::int32_t>(v)), oids::int4, p);
+        } else if constexpr (std::is_signed_v<T> || sizeof(T) <= 4) {
+            encode_binary(static_cast<std::uint64_t>(static_cast<std::int64_t>(v)), oids::int8, p);
+        } else {
+            // uint64_t may exceed bigint: numeric, whose binary form is not worth building.
+            auto [end, ec] = std::to_chars(p.buf, p.buf + sizeof(p.buf) - 1, v);
+            *end = '\0';
+            p.value = p.buf;
+            p.length = static_cast<int>(end - p.buf);
+            p.type = oids::numeric;
+            return ec == std::errc{};
+        }
+        return true;
     }
 };
 
@@ -103,23 +176,74 @@ struct value_traits<T>
         return ec == std::errc{} && end == s.data() + s.size();
     }
 
+    static bool decode_binary(std::string_view s, oid t, T& out) noexcept
+    {
+        if (t == oids::float4 || t == oids::float8) {
+            if (s.size() != (t == oids::float4 ? 4 : 8))
+                return false;
+            if constexpr (std::same_as<T, float>) {
+                if (t == oids::float4) {
+                    out = std::bit_cast<float>(load_be<std::uint32_t>(s.data()));
+                    return true;
+                }
+            } else if constexpr (std::same_as<T, double>) {
+                if (t == oids::float8) {
+                    out = std::bit_cast<double>(load_be<std::uint64_t>(s.data()));
+                    return true;
+                }
+            }
+            // Across widths, go through the text the server would have sent: a real 0.1 reads
+            // as the double 0.1 (not 0.100000001490116), a double too large for float fails.
+            char text[64];
+            std::to_chars_result r;
+            if (t == oids::float4)
+                r = to_text(std::bit_cast<float>(load_be<std::uint32_t>(s.data())), text);
+            else
+                r = to_text(std::bit_cast<double>(load_be<std::uint64_t>(s.data())), text);
+            return r.ec == std::errc{} && decode(std::string_view(text, r.ptr), out);
+        }
+        std::int64_t v = 0;
+        if (!decode_binary_integer(s, t, v))
+            return false;
+        out = static_cast<T>(v); // rounds to nearest, as from_chars does with the digits
+        return true;
+    }
+
     static bool encode(const T& v, param_slot& p) noexcept
     {
-        p.type = sizeof(T) == sizeof(float) ? oids::float4 : oids::float8;
-        p.value = p.buf;
-        if (std::isnan(v)) {
-            std::memcpy(p.buf, "NaN", 4);
-        } else if (std::isinf(v)) {
-            std::memcpy(p.buf, v < 0 ? "-Infinity" : "Infinity", v < 0 ? 10 : 9);
+        if constexpr (std::same_as<T, float>) {
+            encode_binary(std::bit_cast<std::uint32_t>(v), oids::float4, p);
+        } else if constexpr (std::same_as<T, double>) {
+            encode_binary(std::bit_cast<std::uint64_t>(v), oids::float8, p);
         } else {
-            // Shortest representation that reads back to the same value.
-            auto [end, ec] = std::to_chars(p.buf, p.buf + sizeof(p.buf) - 1, v);
-            if (ec != std::errc{})
+            // long double: its shortest text, which the server rounds to a double.
+            char text[64];
+            auto r = to_text(v, text);
+            if (r.ec != std::errc{} || r.ptr - text >= static_cast<std::ptrdiff_t>(sizeof(p.buf)))
                 return false;
-            *end = '\0';
+            std::memcpy(p.buf, text, static_cast<std::size_t>(r.ptr - text));
+            p.buf[r.ptr - text] = '\0';
+            p.value = p.buf;
+            p.length = static_cast<int>(r.ptr - text);
+            p.type = oids::float8;
         }
-        p.length = static_cast<int>(std::strlen(p.buf));
         return true;
+    }
+
+private:
+    /// Shortest digits that read back to `v`, with the server's spellings of the specials.
+    template <class F>
+    static std::to_chars_result to_text(F v, char (&buf)[64]) noexcept
+    {
+        const char* special = std::isnan(v)    ? "NaN"
+                              : !std::isinf(v) ? nullptr
+                              : v < 0          ? "-Infinity"
+                                               : "Infinity";
+        if (special == nullptr)
+            return std::to_chars(buf, buf + sizeof(buf), v);
+        const std::size_t n = std::strlen(special);
+        std::memcpy(buf, special, n);
+        return {buf + n, std::errc{}};
     }
 };
 
@@ -136,10 +260,18 @@ struct value_traits<bool>
         }
         return false;
     }
+    static bool decode_binary(std::string_view s, oid t, bool& out) noexcept
+    {
+        if (t != oids::bool_ || s.size() != 1 || (s[0] != 0 && s[0] != 1))
+            return false;
+        out = s[0] == 1;
+        return true;
+    }
     static bool encode(bool v, param_slot& p) noexcept
     {
-        p.value = v ? "t" : "f";
+        p.value = v ? "\1" : "\0";
         p.length = 1;
+        p.format = 1;
         p.type = oids::bool_;
         return true;
     }
@@ -173,6 +305,79 @@ struct value_traits<std::string>
         out.assign(s);
         return true;
     }
+
+    /// Builds the text the server would have sent (see `binary_result_safe` for the settings
+    /// it assumes); false for types whose binary form pgco does not read.
+    static bool decode_binary(std::string_view s, oid t, std::string& out)
+    {
+        switch (t) {
+        case oids::text:
+        case oids::varchar:
+        case oids::bpchar:
+        case oids::name:
+            out.assign(s); // the binary form of text is the text
+            return true;
+        case oids::int2:
+        case oids::int4:
+        case oids::int8:
+        case oids::oid_: {
+            std::int64_t v = 0;
+            if (!decode_binary_integer(s, t, v))
+                return false;
+            char buf[24];
+            out.assign(buf, std::to_chars(buf, buf + sizeof(buf), v).ptr);
+            return true;
+        }
+        case oids::float4:
+        case oids::float8:
+            if (s.size() != (t == oids::float4 ? 4u : 8u))
+                return false;
+            out.clear();
+            if (t == oids::float4)
+                append_pg_float(out, std::bit_cast<float>(load_be<std::uint32_t>(s.data())));
+            else
+                append_pg_float(out, std::bit_cast<double>(load_be<std::uint64_t>(s.data())));
+            return true;
+        case oids::bool_: {
+            bool b = false;
+            if (!value_traits<bool>::decode_binary(s, t, b))
+                return false;
+            out.assign(b ? "t" : "f");
+            return true;
+        }
+        case oids::bytea: {
+            static constexpr char hex[] = "0123456789abcdef";
+            out.assign("\\x");
+            out.reserve(2 + 2 * s.size());
+            for (unsigned char ch : s) {
+                out += hex[ch >> 4];
+                out += hex[ch & 0xf];
+            }
+            return true;
+        }
+        case oids::uuid:
+            if (s.size() != 16)
+                return false;
+            out.clear();
+            append_uuid(out, reinterpret_cast<const unsigned char*>(s.data()));
+            return true;
+        case oids::date:
+            if (s.size() != 4)
+                return false;
+            out = format_pg_date(static_cast<std::int32_t>(load_be<std::uint32_t>(s.data())));
+            return true;
+        case oids::timestamp:
+        case oids::timestamptz:
+            if (s.size() != 8)
+                return false;
+            out = format_pg_timestamp(static_cast<std::int64_t>(load_be<std::uint64_t>(s.data())),
+                                      t == oids::timestamptz);
+            return true;
+        default:
+            return false;
+        }
+    }
+
     static bool encode(const std::string& v, param_slot& p) { return encode_text(v, p, true); }
 };
 
@@ -181,6 +386,15 @@ struct value_traits<bytes>
 {
     static constexpr const char* cpp_name = "pgco::bytes";
     static bool accepts(oid t) noexcept { return t == oids::bytea; }
+
+    static bool decode_binary(std::string_view s, oid t, bytes& out)
+    {
+        if (t != oids::bytea)
+            return false;
+        const auto* first = reinterpret_cast<const std::byte*>(s.data());
+        out.assign(first, first + s.size());
+        return true;
+    }
 
     static bool decode(std::string_view s, bytes& out)
     {
@@ -207,6 +421,103 @@ struct value_traits<bytes>
         p.length = static_cast<int>(v.size());
         p.format = 1;
         p.type = oids::bytea;
+        return true;
+    }
+};
+
+template <>
+struct value_traits<timestamp>
+{
+    static constexpr const char* cpp_name = "pgco::timestamp";
+    static bool accepts(oid t) noexcept { return t == oids::timestamp || t == oids::timestamptz; }
+    static bool decode(std::string_view s, timestamp& out) noexcept
+    {
+        return parse_pg_timestamp(s, out);
+    }
+    static bool decode_binary(std::string_view s, oid t, timestamp& out) noexcept
+    {
+        if (!accepts(t) || s.size() != 8)
+            return false;
+        return timestamp_from_pg(static_cast<std::int64_t>(load_be<std::uint64_t>(s.data())), out);
+    }
+    static bool encode(const timestamp& v, param_slot& p)
+    {
+        // Untyped text in UTC: a timestamptz column takes it as that instant, a timestamp
+        // column ignores the "+00" and stores the UTC wall-clock time, as it was read.
+        std::string text;
+        if (v == timestamp::max() || v == timestamp::min()) {
+            text = v == timestamp::max() ? "infinity" : "-infinity";
+        } else {
+            const std::int64_t us = v.time_since_epoch().count();
+            // The conversion to 2000-based time cannot overflow for any value readable back.
+            if (us < std::numeric_limits<std::int64_t>::min() + pg_epoch_us)
+                return false;
+            text = format_pg_timestamp(us - pg_epoch_us, true);
+        }
+        std::memcpy(p.buf, text.c_str(), text.size() + 1);
+        return encode_text(std::string_view(p.buf, text.size()), p, true);
+    }
+};
+
+template <>
+struct value_traits<date>
+{
+    static constexpr const char* cpp_name = "pgco::date";
+    static bool accepts(oid t) noexcept { return t == oids::date; }
+    static bool decode(std::string_view s, date& out) noexcept { return parse_pg_date(s, out); }
+    static bool decode_binary(std::string_view s, oid t, date& out) noexcept
+    {
+        if (t != oids::date || s.size() != 4)
+            return false;
+        const auto d = static_cast<std::int32_t>(load_be<std::uint32_t>(s.data()));
+        if (d == std::numeric_limits<std::int32_t>::max() ||
+            d == std::numeric_limits<std::int32_t>::min())
+            out = d > 0 ? date::max() : date::min();
+        else
+            out = date(std::chrono::days(d + pg_epoch_days));
+        return true;
+    }
+    static bool encode(const date& v, param_slot& p)
+    {
+        // Untyped text, like strings: the server reads it as a date where one is expected.
+        std::string text;
+        const auto days = v.time_since_epoch().count();
+        if (v == date::max() || v == date::min())
+            text = v == date::max() ? "infinity" : "-infinity";
+        else if (days - pg_epoch_days < std::numeric_limits<std::int32_t>::min() ||
+                 days - pg_epoch_days > std::numeric_limits<std::int32_t>::max())
+            return false;
+        else
+            text = format_pg_date(static_cast<std::int32_t>(days - pg_epoch_days));
+        std::memcpy(p.buf, text.c_str(), text.size() + 1);
+        return encode_text(std::string_view(p.buf, text.size()), p, true);
+    }
+};
+
+template <>
+struct value_traits<uuid>
+{
+    static constexpr const char* cpp_name = "pgco::uuid";
+    static bool accepts(oid t) noexcept { return t == oids::uuid; }
+    static bool decode(std::string_view s, uuid& out) noexcept
+    {
+        return parse_uuid(s, out.octets.data());
+    }
+    static bool decode_binary(std::string_view s, oid t, uuid& out) noexcept
+    {
+        if (t != oids::uuid || s.size() != 16)
+            return false;
+        std::memcpy(out.octets.data(), s.data(), 16);
+        return true;
+    }
+    static bool encode(const uuid& v, param_slot& p) noexcept
+    {
+        // Binary and typed: uuid is the only type it can be.
+        std::memcpy(p.buf, v.octets.data(), 16);
+        p.value = p.buf;
+        p.length = 16;
+        p.format = 1;
+        p.type = oids::uuid;
         return true;
     }
 };
@@ -242,6 +553,23 @@ concept column_value = requires
 {
     value_traits<T>::cpp_name;
 };
+
+/// True if a column of type `t` read as `T` gives the same in binary as in text whatever the
+/// session's settings. Stricter than `binary_result_safe` only for `std::string`, whose text
+/// of a float, date, timestamp or bytea depends on extra_float_digits, DateStyle, TimeZone and
+/// bytea_output.
+template <class T>
+bool binary_exact(oid t) noexcept
+{
+    if constexpr (is_optional<T>::value) {
+        return binary_exact<typename T::value_type>(t);
+    } else if constexpr (std::same_as<T, std::string>) {
+        return binary_result_safe(t) && t != oids::float4 && t != oids::float8 && t != oids::date &&
+               t != oids::timestamp && t != oids::timestamptz && t != oids::bytea;
+    } else {
+        return binary_result_safe(t);
+    }
+}
 
 /// Fills `p` from one parameter; false if the value cannot be sent.
 template <class T>
