@@ -597,12 +597,18 @@ done:
     co_return last;
 }
 
-// Which result columns may be requested in binary format: pgco decodes them itself. Until
-// binary decoding covers a type, its statements stay in text.
-bool binary_columns(const PGresult* description)
+// The result column types a Describe reported.
+void describe_columns(const PGresult* description, std::vector<oid>& out)
 {
-    (void)description;
-    return false;
+    int n = PQnfields(description);
+    out.resize(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+        out[static_cast<std::size_t>(i)] = PQftype(description, i);
+}
+
+int result_format(const detail::cached_statement& st, detail::binary_check binary)
+{
+    return binary && st.described && binary(st.columns.data(), st.columns.size()) ? 1 : 0;
 }
 
 // What a command of a pipeline was sent for.
@@ -692,7 +698,7 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
                 cmds.emplace_back(pipeline_command::prepare, e, it->name);
                 cmds.emplace_back(pipeline_command::describe, e, it->name);
             }
-            int format = e->typed && it->binary_ok ? 1 : 0;
+            int format = result_format(*it, e->binary);
             ok = PQsendQueryPrepared(c.conn, it->name.c_str(), p.count, p.values, p.lengths,
                                      p.formats, format);
             cmds.emplace_back(pipeline_command::execute, e, it->name);
@@ -767,7 +773,8 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             else if (!it->prepared)
                 c.cache.erase(it);
         } else if (ok) {
-            it->binary_ok = binary_columns(cmd.res);
+            describe_columns(cmd.res, it->columns);
+            it->described = true;
         }
     }
 
@@ -903,7 +910,7 @@ namespace {
 
 // Runs one statement, through the statement cache where it applies.
 asio::awaitable<result> run_statement(std::shared_ptr<connection_impl> self, std::string_view sql,
-                                      detail::params_view params, bool typed)
+                                      detail::params_view params, detail::binary_check binary)
 {
     connection_impl& c = *self;
     if (c.cache.capacity > 0 && detail::shareable_statement(sql)) {
@@ -911,7 +918,7 @@ asio::awaitable<result> run_statement(std::shared_ptr<connection_impl> self, std
         auto it = c.cache.find(c.sql);
         if (it != c.cache.end() && it->prepared && c.cache.evicted.empty()) {
             // The common case: one Bind/Execute/Sync of a statement the server knows.
-            int format = typed && it->binary_ok ? 1 : 0;
+            int format = result_format(*it, binary);
             if (!PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
                                      params.lengths, params.formats, format)) {
                 if (PQstatus(c.conn) == CONNECTION_BAD)
@@ -940,7 +947,7 @@ asio::awaitable<result> run_statement(std::shared_ptr<connection_impl> self, std
         entry.key = c.sql;
         entry.sql_length = sql.size();
         entry.params = params;
-        entry.typed = typed;
+        entry.binary = binary;
         detail::batch_entry* one[] = {&entry};
         for (int round = 0; round < 3; ++round) {
             co_await run_pipeline(self, one);
@@ -1085,11 +1092,11 @@ asio::awaitable<void> connection::connect(pool_options opts)
 
 asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params)
 {
-    co_return co_await exec_params(sql, params, false);
+    co_return co_await exec_params(sql, params, nullptr);
 }
 
 asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params,
-                                                bool typed)
+                                                detail::binary_check binary)
 {
     auto self = impl_;
     ensure_usable(self);
@@ -1100,7 +1107,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
     self->request_sent = false;
     if (self->doomed) // the server said it is closing this session: nothing can reach it
         throw_connection_lost(*self, "the server terminated the session");
-    co_return co_await run_statement(self, sql, params, typed);
+    co_return co_await run_statement(self, sql, params, binary);
 }
 
 } // namespace pgco

@@ -30,10 +30,11 @@ namespace pgco::detail {
 /// A statement text the server knows as a named prepared statement on one connection.
 struct cached_statement
 {
-    std::string key;        // SQL, a NUL, then the parameter type OIDs' bytes (see statement_key)
-    std::string name;       // "pgco_<n>", unique per connection
-    bool binary_ok = false; // every result column may be requested in binary format
-    bool prepared = false;  // the server confirmed the Parse
+    std::string key;          // SQL, a NUL, then the parameter type OIDs' bytes (see statement_key)
+    std::string name;         // "pgco_<n>", unique per connection
+    std::vector<oid> columns; // result column types, from Describe
+    bool described = false;
+    bool prepared = false; // the server confirmed the Parse
 };
 
 /// Per-connection LRU of prepared statements, keyed by SQL text and parameter types (the same
@@ -66,7 +67,7 @@ public:
             index_.erase(victim.key);
             lru_.pop_back();
         }
-        lru_.push_front({std::move(key), "pgco_" + std::to_string(++next_), false, false});
+        lru_.push_front({std::move(key), "pgco_" + std::to_string(++next_), {}, false, false});
         index_.emplace(lru_.front().key, lru_.begin());
         return lru_.begin();
     }
@@ -105,7 +106,7 @@ struct batch_entry
     std::string_view key;
     std::size_t sql_length = 0;
     params_view params;
-    bool typed = false; // decoded by pgco (binary results allowed), not handed out raw
+    binary_check binary = nullptr; // which results pgco may ask for in binary (null: none)
 
     // Out: exactly one of these after run_batch.
     std::optional<result> res;

@@ -107,7 +107,7 @@ struct mux_item
 {
     explicit mux_item(const asio::any_io_executor& ex) : done(ex, 1) {}
 
-    void copy(std::string_view sql, const params_view& p)
+    void copy(std::string_view sql, const params_view& p, binary_check binary)
     {
         statement_key(key, sql, p);
         auto n = static_cast<std::size_t>(p.count);
@@ -128,7 +128,7 @@ struct mux_item
         entry.key = key;
         entry.sql_length = sql.size();
         entry.params = {p.count, types.data(), pointers.data(), lengths.data(), formats.data()};
-        entry.typed = true;
+        entry.binary = binary;
     }
 
     std::string key;
@@ -414,11 +414,11 @@ struct pool_state : std::enable_shared_from_this<pool_state>
 
     /// A statement for the queue: waits until a runner has run it.
     static asio::awaitable<result> multiplexed(std::shared_ptr<pool_state> s, std::string_view sql,
-                                               params_view params)
+                                               params_view params, binary_check binary)
     {
         auto ex = co_await asio::this_coro::executor;
         auto item = std::make_shared<mux_item>(ex);
-        item->copy(sql, params);
+        item->copy(sql, params, binary);
         {
             std::lock_guard lock(s->mu);
             if (s->closing)
@@ -440,30 +440,37 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 item->abandoned = true;
             return item->taken;
         };
-        bool done = false;
-        if (s->opts.pool_timeout.count() > 0) {
-            asio::steady_timer timer(ex, s->opts.pool_timeout);
-            auto [order, ec, timer_ec] =
-                co_await asio::experimental::make_parallel_group(
-                    item->done.async_receive(asio::deferred), timer.async_wait(asio::deferred))
-                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
-            if (!ec) {
-                done = true;
-            } else if (!timer_ec) {
-                // pool_timeout while queued: give up, unless a runner took it meanwhile.
-                if (!abandon(false))
-                    s->throw_timeout();
-            } else {
-                bool sent = abandon(true);
-                throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
+        // 0: done; 1: pool_timeout while still queued; 2: the caller was cancelled.
+        int outcome = 0;
+        try {
+            bool done = false;
+            if (s->opts.pool_timeout.count() > 0) {
+                asio::steady_timer timer(ex, s->opts.pool_timeout);
+                auto [order, ec, timer_ec] =
+                    co_await asio::experimental::make_parallel_group(
+                        item->done.async_receive(asio::deferred), timer.async_wait(asio::deferred))
+                        .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+                if (!ec)
+                    done = true;
+                else if (!timer_ec) // unless a runner took it meanwhile: then it finishes
+                    outcome = abandon(false) ? 0 : 1;
+                else
+                    outcome = 2;
             }
+            if (!done && outcome == 0) {
+                auto [ec] = co_await item->done.async_receive(use_tuple);
+                if (ec)
+                    outcome = 2;
+            }
+        } catch (const boost::system::system_error&) {
+            // co_await throws instead of waiting when cancellation was requested in between.
+            outcome = 2;
         }
-        if (!done) {
-            auto [ec] = co_await item->done.async_receive(use_tuple);
-            if (ec) {
-                bool sent = abandon(true);
-                throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
-            }
+        if (outcome == 1)
+            s->throw_timeout();
+        if (outcome == 2) {
+            bool sent = abandon(true);
+            throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
         }
         if (item->entry.err)
             throw *item->entry.err;
@@ -1127,7 +1134,8 @@ asio::awaitable<pooled_connection> retry_loop::acquire()
     co_return c;
 }
 
-asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params)
+asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params,
+                                        binary_check binary)
 {
     auto& s = state;
     if (s->opts.multiplex && shareable_statement(sql)) {
@@ -1138,15 +1146,15 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
         // A connection of its own when one is free at once: no batching delay for a lone
         // caller. Otherwise share.
         if (!s->permits.try_receive([](auto) {}))
-            co_return co_await pool_state::multiplexed(s, sql, params);
+            co_return co_await pool_state::multiplexed(s, sql, params, binary);
         auto now = pool_clock::now();
         auto deadline = s->opts.pool_timeout.count() > 0 ? now + s->opts.pool_timeout
                                                          : pool_clock::time_point::max();
         auto c = co_await pool_state::with_permit(s, now, deadline, true);
-        co_return co_await c->exec_params(sql, params, true);
+        co_return co_await c->exec_params(sql, params, binary);
     }
     auto c = co_await acquire();
-    co_return co_await c->exec_params(sql, params, true);
+    co_return co_await c->exec_params(sql, params, binary);
 }
 
 retry_loop::verdict retry_loop::failed(const error& e)
@@ -1375,9 +1383,8 @@ asio::awaitable<void> commit_transaction(retry_loop& loop, pooled_connection& he
 
 } // namespace detail
 
-asio::awaitable<void> pool::after_failure(detail::retry_loop& loop,
-                                          detail::retry_loop::verdict verdict,
-                                          std::exception_ptr failure)
+void pool::throw_unless_retry(detail::retry_loop& loop, detail::retry_loop::verdict verdict,
+                              std::exception_ptr failure)
 {
     using verdict_t = detail::retry_loop::verdict;
     if (verdict == verdict_t::rethrow)
@@ -1387,7 +1394,6 @@ asio::awaitable<void> pool::after_failure(detail::retry_loop& loop,
         logger()->error("{}", e.what());
         throw e;
     }
-    co_await loop.pause();
 }
 
 } // namespace pgco

@@ -25,6 +25,11 @@ struct connection_impl;
 connection_impl& impl_of(connection& c) noexcept;
 std::shared_ptr<connection_impl> shared_impl_of(connection& c) noexcept;
 
+/// Says whether a statement's result columns (their type OIDs) may be asked for in binary
+/// format because the caller decodes them itself exactly as from text (`binary_row_safe<Row>`);
+/// null: text.
+using binary_check = bool (*)(const oid* types, std::size_t n) noexcept;
+
 /// Bound parameters in the parallel arrays `PQsendQueryParams` takes.
 struct params_view
 {
@@ -132,7 +137,7 @@ public:
     boost::asio::awaitable<std::vector<Row>> query(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        auto res = co_await exec_params(sql, pack.view(), true);
+        auto res = co_await exec_params(sql, pack.view(), &detail::binary_row_safe<Row>);
         co_return res.template as<Row>();
     }
 
@@ -142,7 +147,7 @@ public:
     boost::asio::awaitable<Row> query_one(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        auto res = co_await exec_params(sql, pack.view(), true);
+        auto res = co_await exec_params(sql, pack.view(), &detail::binary_row_safe<Row>);
         if (res.empty())
             throw error(errc::no_rows, "the query returned no rows");
         co_return res.template row_as<Row>(0);
@@ -153,7 +158,7 @@ public:
     boost::asio::awaitable<std::uint64_t> execute(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        auto res = co_await exec_params(sql, pack.view(), true);
+        auto res = co_await exec_params(sql, pack.view(), nullptr);
         co_return res.rows_affected();
     }
 
@@ -161,11 +166,11 @@ public:
     ///
     /// SELECT, INSERT, UPDATE, DELETE, WITH, VALUES and TABLE statements run as named prepared
     /// statements, cached per connection (`pool_options::statement_cache_size`; the first run
-    /// prepares in the same round trip). With `typed`, pgco decodes the result itself, so it
-    /// may ask for binary columns; raw results (`exec`) are always text.
+    /// prepares in the same round trip). With `binary`, the caller decodes the result itself,
+    /// so columns it reads exactly may come in binary; raw results (`exec`) are always text.
     boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params);
     boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params,
-                                               bool typed);
+                                               detail::binary_check binary);
 
     /// Bounds every statement from sending to its last result; zero (the default) means no
     /// bound. On expiry the server is asked to cancel, the connection is closed (a stalled

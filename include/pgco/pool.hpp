@@ -7,6 +7,8 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/this_coro.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -103,7 +105,8 @@ public:
     /// Runs one statement for the pool's query helpers: on a connection of its own when one is
     /// free at once, otherwise (with `multiplex`) in a pipelined batch with other callers'
     /// statements on a connection already at work.
-    boost::asio::awaitable<result> run(std::string_view sql, params_view params);
+    boost::asio::awaitable<result> run(std::string_view sql, params_view params,
+                                       binary_check binary);
     /// Records a failure and decides. Logs the story.
     verdict failed(const error& e);
     /// The error to throw after giving up: the last one, with every attempt listed.
@@ -228,7 +231,8 @@ public:
                                                    const Params&... params)
     {
         return statement<std::vector<Row>>(
-            mode, sql, [](result& r) { return r.template as<Row>(); }, params...);
+            mode, sql, [](result& r) { return r.template as<Row>(); },
+            &detail::binary_row_safe<Row>, params...);
     }
 
     /// Runs one statement and maps its first row to `Row` (`errc::no_rows` if none); retried
@@ -249,7 +253,7 @@ public:
                     throw error(errc::no_rows, "the query returned no rows");
                 return r.template row_as<Row>(0);
             },
-            params...);
+            &detail::binary_row_safe<Row>, params...);
     }
 
     /// Runs one statement and returns the number of rows it affected; retried like `query`.
@@ -263,7 +267,7 @@ public:
                                                   const Params&... params)
     {
         return statement<std::uint64_t>(
-            mode, sql, [](result& r) { return r.rows_affected(); }, params...);
+            mode, sql, [](result& r) { return r.rows_affected(); }, nullptr, params...);
     }
 
     /// Runs `fn(tx)` between BEGIN and COMMIT on one connection and returns what it returns.
@@ -308,10 +312,16 @@ public:
             } catch (...) {
                 failure = std::current_exception();
             }
-            if (c)
-                co_await detail::rollback_quietly(*c);
+            if (c) {
+                // After cancellation every co_await throws; the connection, still inside the
+                // transaction, is closed on release instead of rolled back.
+                auto cs = co_await boost::asio::this_coro::cancellation_state;
+                if (cs.cancelled() == boost::asio::cancellation_type::none)
+                    co_await detail::rollback_quietly(*c);
+            }
             c.release();
-            co_await after_failure(loop, verdict, failure);
+            throw_unless_retry(loop, verdict, failure);
+            co_await loop.pause();
         }
     }
 
@@ -347,7 +357,7 @@ private:
     /// co_await completes.
     template <class T, class Decode, class... Params>
     boost::asio::awaitable<T> statement(retry_mode mode, std::string_view sql, Decode decode,
-                                        const Params&... params)
+                                        detail::binary_check binary, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
         detail::retry_loop loop(state_, mode, false);
@@ -355,7 +365,7 @@ private:
             auto verdict = detail::retry_loop::verdict::rethrow;
             std::exception_ptr failure;
             try {
-                result r = co_await loop.run(sql, pack.view());
+                result r = co_await loop.run(sql, pack.view(), binary);
                 T value = decode(r);
                 loop.succeeded();
                 co_return value;
@@ -363,14 +373,15 @@ private:
                 verdict = loop.failed(e);
                 failure = std::current_exception();
             }
-            co_await after_failure(loop, verdict, failure);
+            // No co_await before rethrowing: after cancellation it would throw instead.
+            throw_unless_retry(loop, verdict, failure);
+            co_await loop.pause();
         }
     }
 
-    /// Rethrows, gives up or waits before the next attempt, as `verdict` says.
-    static boost::asio::awaitable<void> after_failure(detail::retry_loop& loop,
-                                                      detail::retry_loop::verdict verdict,
-                                                      std::exception_ptr failure);
+    /// Rethrows or gives up, as `verdict` says; returns if the work is to be tried again.
+    static void throw_unless_retry(detail::retry_loop& loop, detail::retry_loop::verdict verdict,
+                                   std::exception_ptr failure);
 
     std::shared_ptr<detail::pool_state> state_;
 };
