@@ -15,6 +15,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <boost/container/small_vector.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -131,12 +132,17 @@ struct mux_item
         entry.binary = binary;
     }
 
+    // Inline room for a few parameters: no allocation per statement in the common case.
+    template <class T>
+    using few = boost::container::small_vector<T, 4>;
+
     std::string key;
-    std::vector<oid> types;
-    std::vector<std::string> values;
-    std::vector<const char*> pointers;
-    std::vector<int> lengths, formats;
+    few<oid> types;
+    few<std::string> values;
+    few<const char*> pointers;
+    few<int> lengths, formats;
     batch_entry entry;
+    pool_clock::time_point queued;
     bool taken = false, abandoned = false; // under pool_state::mu
     permit_channel done;                   // one message: the outcome is in `entry`
 };
@@ -183,8 +189,9 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     std::size_t waits_next = 0;
     std::minstd_rand rng;
     std::deque<std::shared_ptr<mux_item>> mux_queue; // statements waiting to share a connection
-    std::shared_ptr<event> reconnect_done;           // set while a reconnect runs
-    std::shared_ptr<event> close_done;               // set once close() starts
+    bool sweeping = false;                 // a sweep coroutine enforces pool_timeout on the queue
+    std::shared_ptr<event> reconnect_done; // set while a reconnect runs
+    std::shared_ptr<event> close_done;     // set once close() starts
     std::unique_ptr<asio::signal_set> signals;
 
     std::size_t open_locked() const { return idle.size() + in_use + checking; }
@@ -382,6 +389,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                         item.entry.rerun = false; // completed below
                     } else if (item.entry.rerun) {
                         item.taken = false;
+                        item.queued = pool_clock::now();
                         s->mux_queue.push_front(*it);
                         ++reruns;
                     }
@@ -412,6 +420,43 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         }
     }
 
+    /// Fails statements that waited in the queue longer than pool_timeout without a runner
+    /// taking them; runs while the queue is not empty.
+    static asio::awaitable<void> sweep(std::shared_ptr<pool_state> s)
+    {
+        auto tick = std::clamp<std::chrono::milliseconds>(s->opts.pool_timeout / 10, 1ms, 50ms);
+        asio::steady_timer t(s->ex);
+        std::vector<std::shared_ptr<mux_item>> expired;
+        for (;;) {
+            t.expires_after(tick);
+            co_await t.async_wait(use_tuple);
+            expired.clear();
+            std::optional<error> timeout;
+            {
+                std::lock_guard lock(s->mu);
+                if (s->closing || s->mux_queue.empty()) {
+                    s->sweeping = false;
+                    co_return;
+                }
+                auto now = pool_clock::now();
+                for (auto& item : s->mux_queue) {
+                    if (item->taken || item->abandoned)
+                        continue;
+                    if (now - item->queued < s->opts.pool_timeout)
+                        break; // the rest came later
+                    item->abandoned = true;
+                    expired.push_back(item);
+                }
+                if (!expired.empty())
+                    timeout = s->timeout_error_locked();
+            }
+            for (auto& item : expired) {
+                item->entry.err = *timeout;
+                complete(*item);
+            }
+        }
+    }
+
     /// A statement for the queue: waits until a runner has run it.
     static asio::awaitable<result> multiplexed(std::shared_ptr<pool_state> s, std::string_view sql,
                                                params_view params, binary_check binary)
@@ -428,48 +473,31 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                             "too many statements are waiting for a pooled connection "
                             "(max_waiters=" +
                                 std::to_string(s->opts.max_waiters) + ")");
+            item->queued = pool_clock::now();
             s->mux_queue.push_back(item);
+            if (s->opts.pool_timeout.count() > 0 && !s->sweeping) {
+                s->sweeping = true;
+                asio::co_spawn(s->ex, sweep(s), asio::detached);
+            }
         }
         s->kick_mux();
 
-        // True if a runner took the item already (it may have been sent). Only a caller that
-        // leaves marks a taken item abandoned; a timeout leaves it to finish.
-        auto abandon = [&](bool leaving) {
-            std::lock_guard lock(s->mu);
-            if (leaving || !item->taken)
-                item->abandoned = true;
-            return item->taken;
-        };
-        // 0: done; 1: pool_timeout while still queued; 2: the caller was cancelled.
-        int outcome = 0;
+        // pool_timeout is the sweeper's: one timer for the whole queue, not one per statement.
+        bool cancelled = false;
         try {
-            bool done = false;
-            if (s->opts.pool_timeout.count() > 0) {
-                asio::steady_timer timer(ex, s->opts.pool_timeout);
-                auto [order, ec, timer_ec] =
-                    co_await asio::experimental::make_parallel_group(
-                        item->done.async_receive(asio::deferred), timer.async_wait(asio::deferred))
-                        .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
-                if (!ec)
-                    done = true;
-                else if (!timer_ec) // unless a runner took it meanwhile: then it finishes
-                    outcome = abandon(false) ? 0 : 1;
-                else
-                    outcome = 2;
-            }
-            if (!done && outcome == 0) {
-                auto [ec] = co_await item->done.async_receive(use_tuple);
-                if (ec)
-                    outcome = 2;
-            }
+            auto [ec] = co_await item->done.async_receive(use_tuple);
+            cancelled = static_cast<bool>(ec);
         } catch (const boost::system::system_error&) {
             // co_await throws instead of waiting when cancellation was requested in between.
-            outcome = 2;
+            cancelled = true;
         }
-        if (outcome == 1)
-            s->throw_timeout();
-        if (outcome == 2) {
-            bool sent = abandon(true);
+        if (cancelled) {
+            bool sent;
+            {
+                std::lock_guard lock(s->mu);
+                item->abandoned = true;
+                sent = item->taken;
+            }
             throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
         }
         if (item->entry.err)
@@ -507,14 +535,16 @@ struct pool_state : std::enable_shared_from_this<pool_state>
 
     [[noreturn]] void throw_timeout()
     {
-        std::string msg;
-        {
-            std::lock_guard lock(mu);
-            ++counters.acquire_timeouts;
-            msg = pool_timeout_message(opts, open_locked(), in_use, waiting, last_connect_error);
-        }
+        std::lock_guard lock(mu);
+        throw timeout_error_locked();
+    }
+
+    error timeout_error_locked()
+    {
+        ++counters.acquire_timeouts;
+        auto msg = pool_timeout_message(opts, open_locked(), in_use, waiting, last_connect_error);
         logger()->warn("{}", msg);
-        throw error(errc::pool_timeout, msg);
+        return error(errc::pool_timeout, msg);
     }
 
     [[noreturn]] static void throw_closed()
