@@ -1,5 +1,6 @@
 #include "connection_impl.hpp"
 
+#include <pgco/batch.hpp>
 #include <pgco/connection.hpp>
 #include <pgco/log.hpp>
 
@@ -686,7 +687,8 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
         const char* sql = e->key.data();
         const auto& p = e->params;
         int ok;
-        if (c.cache.capacity > 0) {
+        if (c.cache.capacity > 0 &&
+            detail::shareable_statement(std::string_view(sql, e->sql_length))) {
             auto it = c.cache.find(e->key);
             if (it == c.cache.end()) {
                 it = c.cache.add(std::string(e->key));
@@ -1109,5 +1111,92 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
         throw_connection_lost(*self, "the server terminated the session");
     co_return co_await run_statement(self, sql, params, binary);
 }
+
+asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
+{
+    auto self = impl_;
+    ensure_usable(self);
+    busy_guard guard(*self);
+    if (self->unfinished)
+        co_await complete_request(self, false);
+    self->request_sent = false;
+    if (self->doomed)
+        throw_connection_lost(*self, "the server terminated the session");
+    std::vector<result> results;
+    if (b.empty())
+        co_return results;
+
+    auto& statements = b.statements();
+    std::vector<detail::batch_entry> storage(statements.size());
+    std::vector<detail::batch_entry*> entries;
+    entries.reserve(statements.size());
+    for (std::size_t i = 0; i < statements.size(); ++i) {
+        auto& e = storage[i];
+        e.key = statements[i].key;
+        e.sql_length = statements[i].sql_length;
+        e.params = statements[i].view();
+        entries.push_back(&e);
+    }
+    // A rerun without an error means nothing ran (a stale prepared statement was re-prepared):
+    // the whole batch goes again.
+    for (int round = 0; round < 3; ++round) {
+        co_await run_pipeline(self, entries);
+        for (std::size_t i = 0; i < storage.size(); ++i) {
+            if (!storage[i].err)
+                continue;
+            const error& e = *storage[i].err;
+            error named(static_cast<errc>(e.code().value()),
+                        "statement " + std::to_string(i + 1) + " of the batch: " + e.what(),
+                        e.sqlstate(), e.server_message(), e.detail(), e.hint(), e.request_sent());
+            named.set_maybe_applied(e.maybe_applied());
+            throw named;
+        }
+        bool again = false;
+        for (auto& e : storage)
+            again = again || e.rerun || !e.res;
+        if (again)
+            continue;
+        results.reserve(storage.size());
+        for (auto& e : storage)
+            results.push_back(std::move(*e.res));
+        co_return results;
+    }
+    throw error(errc::client_failure, "the batch could not be prepared");
+}
+
+namespace detail {
+
+void owned_statement::assign(std::string_view sql, const params_view& p)
+{
+    statement_key(key, sql, p);
+    sql_length = sql.size();
+    auto n = static_cast<std::size_t>(p.count);
+    types.assign(p.types, p.types + n);
+    lengths.assign(p.lengths, p.lengths + n);
+    formats.assign(p.formats, p.formats + n);
+    values.assign(n, std::string());
+    is_null.assign(n, 0);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!p.values[i]) {
+            is_null[i] = 1;
+            continue;
+        }
+        // Text parameters end at their NUL; binary ones have a length.
+        std::size_t len = p.formats[i] == 1 ? static_cast<std::size_t>(p.lengths[i])
+                                            : std::char_traits<char>::length(p.values[i]);
+        values[i].assign(p.values[i], len);
+    }
+}
+
+params_view owned_statement::view()
+{
+    pointers.resize(values.size());
+    for (std::size_t i = 0; i < values.size(); ++i)
+        pointers[i] = is_null[i] ? nullptr : values[i].c_str();
+    return {static_cast<int>(values.size()), types.data(), pointers.data(), lengths.data(),
+            formats.data()};
+}
+
+} // namespace detail
 
 } // namespace pgco

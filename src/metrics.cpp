@@ -207,6 +207,10 @@ std::string to_prometheus(const pool_stats& s, std::string_view prefix, std::str
               "Health check pings that failed or timed out.");
     w.counter("reconnects_total", s.reconnects, "Pool reconnect() calls carried out.");
     w.counter("query_retries_total", s.query_retries, "Queries repeated by the retry layer.");
+    w.counter("statements_multiplexed_total", s.statements_multiplexed,
+              "Statements sent in shared pipelined batches.");
+    w.counter("pipeline_batches_total", s.pipeline_batches,
+              "Pipelined batches of shared statements (one round trip each).");
 
     // A gauge with a quantile label rather than a summary: the pool keeps percentiles of
     // recent acquires only, with no _sum and _count to go with them.

@@ -1029,6 +1029,26 @@ asio::awaitable<pooled_connection> pool::acquire()
     return detail::pool_state::acquire(state_);
 }
 
+asio::awaitable<std::vector<result>> pool::pipeline(batch& b, retry_mode mode)
+{
+    detail::retry_loop loop(state_, mode, false);
+    for (;;) {
+        auto verdict = detail::retry_loop::verdict::rethrow;
+        std::exception_ptr failure;
+        try {
+            auto c = co_await loop.acquire();
+            auto results = co_await c->pipeline(b);
+            loop.succeeded();
+            co_return results;
+        } catch (const error& e) {
+            verdict = loop.failed(e);
+            failure = std::current_exception();
+        }
+        throw_unless_retry(loop, verdict, failure);
+        co_await loop.pause();
+    }
+}
+
 asio::awaitable<bool> pool::is_connected(std::chrono::milliseconds timeout)
 {
     auto s = state_;

@@ -19,6 +19,7 @@
 namespace pgco {
 
 class connection;
+class batch;
 
 namespace detail {
 struct connection_impl;
@@ -171,6 +172,11 @@ public:
     boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params);
     boost::asio::awaitable<result> exec_params(std::string_view sql, detail::params_view params,
                                                detail::binary_check binary);
+
+    /// Runs every statement of `b` in one pipeline with one Sync (one round trip, one implicit
+    /// transaction: all take effect or none does) and returns their results in order. If one
+    /// fails, the error names it ("statement 2 of the batch: ...") and none took effect.
+    boost::asio::awaitable<std::vector<result>> pipeline(batch& b);
 
     /// Bounds every statement from sending to its last result; zero (the default) means no
     /// bound. On expiry the server is asked to cancel, the connection is closed (a stalled

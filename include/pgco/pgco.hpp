@@ -2,6 +2,7 @@
 
 /// Everything pgco offers, in one include.
 
+#include <pgco/batch.hpp>
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
 #include <pgco/error.hpp>

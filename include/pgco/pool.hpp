@@ -1,5 +1,6 @@
 #pragma once
 
+#include <pgco/batch.hpp>
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
 #include <pgco/detail/pool_policy.hpp>
@@ -324,6 +325,13 @@ public:
             co_await loop.pause();
         }
     }
+
+    /// Runs the statements of `b` in one round trip on one pooled connection, as one implicit
+    /// transaction (see `pgco::batch`). Retried under `options().retry` like a single
+    /// statement: a batch lost before the server reported it aborted or committed is repeated
+    /// only with `pgco::idempotent`.
+    boost::asio::awaitable<std::vector<result>> pipeline(batch& b,
+                                                         retry_mode mode = retry_mode::automatic);
 
     /// True if the database answers `SELECT 1` within `timeout` on a pooled connection.
     boost::asio::awaitable<bool>

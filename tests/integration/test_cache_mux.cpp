@@ -927,3 +927,64 @@ TEST(mux, statement_deallocated_behind_pgcos_back_is_prepared_again_in_a_batch)
         },
         10s);
 }
+
+TEST(batch, statements_run_together_and_see_each_other)
+{
+    const auto table = cm_unique("batch_ok");
+    run(
+        [&]() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            auto admin = co_await connected();
+            co_await admin.exec("CREATE TABLE " + table + " (id int PRIMARY KEY, v text)");
+            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=2")));
+            const std::string insert = "INSERT INTO " + table + " (id, v) VALUES ($1, $2)";
+            pgco::batch b;
+            b.add(insert, 1, std::string("one"))
+                .add(insert, 2, std::string("two"))
+                .add("SELECT count(*)::int FROM " + table);
+            auto results = co_await p.pipeline(b);
+            EXPECT_EQ(results.size(), 3u);
+            EXPECT_EQ(results[0].rows_affected(), 1u);
+            EXPECT_EQ(results[2].get<int>(0, 0), 2); // the batch's own inserts are visible
+            // Again: the statements are cached now, the values still right.
+            pgco::batch again;
+            again.add(insert, 3, std::string("three"))
+                .add("SELECT v FROM " + table + " WHERE id = $1", 3);
+            auto second = co_await p.pipeline(again);
+            EXPECT_EQ(second[1].get<std::string>(0, 0), "three");
+            pgco::batch empty;
+            EXPECT_TRUE((co_await p.pipeline(empty)).empty());
+            co_await p.close();
+            co_await admin.exec("DROP TABLE " + table);
+        },
+        10s);
+}
+
+TEST(batch, is_all_or_nothing_and_names_the_failing_statement)
+{
+    const auto table = cm_unique("batch_fail");
+    run(
+        [&]() -> awaitable<void> {
+            auto admin = co_await connected();
+            co_await admin.exec("CREATE TABLE " + table + " (id int PRIMARY KEY)");
+            auto c = co_await connected();
+            const std::string insert = "INSERT INTO " + table + " (id) VALUES ($1)";
+            pgco::batch b;
+            b.add(insert, 1).add(insert, 1).add(insert, 2);
+            auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.pipeline(b); });
+            EXPECT_EQ(e.code(), pgco::errc::server_error);
+            EXPECT_EQ(e.sqlstate(), "23505");
+            EXPECT_NE(std::string(e.what()).find("statement 2 of the batch"), std::string::npos)
+                << e.what();
+            EXPECT_FALSE(pgco::maybe_applied(e));
+            EXPECT_EQ(co_await admin.query_one<std::int64_t>("SELECT count(*) FROM " + table), 0);
+            // The connection is fine afterwards, outside any transaction.
+            EXPECT_EQ(c.transaction_status(), pgco::connection::transaction_state::idle);
+            pgco::batch ok;
+            ok.add(insert, 1).add(insert, 2);
+            EXPECT_EQ((co_await c.pipeline(ok)).size(), 2u);
+            EXPECT_EQ(co_await admin.query_one<std::int64_t>("SELECT count(*) FROM " + table), 2);
+            co_await admin.exec("DROP TABLE " + table);
+        },
+        10s);
+}

@@ -51,6 +51,8 @@ pgco::pool_stats sample_stats()
     s.health_check_failures = 3;
     s.reconnects = 4;
     s.query_retries = 6;
+    s.statements_multiplexed = 800;
+    s.pipeline_batches = 8;
     s.acquire_wait_p50 = 2500us;
     s.acquire_wait_p99 = 1200000us;
     return s;
@@ -110,7 +112,7 @@ TEST(Metrics, RendersEveryFieldInTheExpositionFormat)
     EXPECT_TRUE(has_line(page, "pgco_acquire_wait_seconds{quantile=\"0.5\"} 0.0025"));
     EXPECT_TRUE(has_line(page, "pgco_acquire_wait_seconds{quantile=\"0.99\"} 1.2"));
 
-    // One series per field of pool_stats: 5 gauges, 9 counters, 2 quantiles.
+    // One series per field of pool_stats: 5 gauges, 11 counters, 2 quantiles.
     std::map<std::string, std::string> expected = {
         {"pgco_connections_open", "7"},
         {"pgco_connections_idle", "3"},
@@ -126,6 +128,8 @@ TEST(Metrics, RendersEveryFieldInTheExpositionFormat)
         {"pgco_health_check_failures_total", "3"},
         {"pgco_reconnects_total", "4"},
         {"pgco_query_retries_total", "6"},
+        {"pgco_statements_multiplexed_total", "800"},
+        {"pgco_pipeline_batches_total", "8"},
         {"pgco_acquire_wait_seconds{quantile=\"0.5\"}", "0.0025"},
         {"pgco_acquire_wait_seconds{quantile=\"0.99\"}", "1.2"},
     };
@@ -136,7 +140,7 @@ TEST(Metrics, ZeroStatsAreValid)
 {
     auto page = pgco::to_prometheus(pgco::pool_stats{});
     auto series = check_page(page);
-    EXPECT_EQ(series.size(), 16u);
+    EXPECT_EQ(series.size(), 18u);
     EXPECT_TRUE(has_line(page, "pgco_acquire_wait_seconds{quantile=\"0.99\"} 0"));
     EXPECT_TRUE(has_line(page, "pgco_connections_open 0"));
 }
@@ -147,7 +151,7 @@ TEST(Metrics, PrefixAndLabelsGoOnEverySample)
     EXPECT_EQ(labels, R"(pool="main",note="a \"q\" \\ b\nc")");
     auto page = pgco::to_prometheus(sample_stats(), "app_db", labels);
     auto series = check_page(page);
-    EXPECT_EQ(series.size(), 16u);
+    EXPECT_EQ(series.size(), 18u);
     EXPECT_TRUE(has_line(page, R"(app_db_connections_open{pool="main",note="a \"q\" \\ b\nc"} 7)"));
     EXPECT_TRUE(has_line(
         page,

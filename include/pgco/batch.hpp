@@ -1,0 +1,73 @@
+#pragma once
+
+#include <pgco/connection.hpp>
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pgco {
+
+namespace detail {
+
+/// A statement holding its own copies of the SQL text and the encoded parameters, for work
+/// that runs after the caller's arguments are gone.
+struct owned_statement
+{
+    std::string key; // the SQL, a NUL, the parameter type OIDs (the statement cache's key)
+    std::size_t sql_length = 0;
+    std::vector<oid> types;
+    std::vector<std::string> values; // encoded parameters; `is_null` marks NULLs
+    std::vector<char> is_null;
+    std::vector<const char*> pointers; // filled by view(): moves may relocate short strings
+    std::vector<int> lengths, formats;
+
+    void assign(std::string_view sql, const params_view& p);
+    params_view view();
+    std::string_view sql() const noexcept { return {key.data(), sql_length}; }
+};
+
+} // namespace detail
+
+/// Statements sent together in one pipeline, in one round trip, with one Sync: they run as
+/// one implicit transaction, so either all of them take effect or none does.
+///
+/// ```
+/// pgco::batch b;
+/// b.add("INSERT INTO t (id, v) VALUES ($1, $2)", 1, "one");
+/// b.add("UPDATE counters SET n = n + 1 WHERE name = $1", "t");
+/// std::vector<pgco::result> results = co_await pool.pipeline(b);
+/// ```
+///
+/// Parameters are encoded and copied when added. SELECT / INSERT / UPDATE / DELETE / WITH /
+/// VALUES / TABLE statements go through the connection's statement cache. Transaction control
+/// and statements that cannot run inside a transaction block (VACUUM...) do not belong in a
+/// batch.
+class batch
+{
+public:
+    /// Appends a statement with bound parameters.
+    template <class... Params>
+    batch& add(std::string_view sql, const Params&... params)
+    {
+        detail::param_pack<sizeof...(Params)> pack(params...);
+        statements_.emplace_back().assign(sql, pack.view());
+        return *this;
+    }
+
+    /// Number of statements.
+    std::size_t size() const noexcept { return statements_.size(); }
+    /// True if there are none.
+    bool empty() const noexcept { return statements_.empty(); }
+    /// Removes every statement.
+    void clear() noexcept { statements_.clear(); }
+
+    /// The statements (for the connection that runs them).
+    std::vector<detail::owned_statement>& statements() noexcept { return statements_; }
+
+private:
+    std::vector<detail::owned_statement> statements_;
+};
+
+} // namespace pgco
