@@ -151,7 +151,8 @@ struct pooled_entry
 {
     std::unique_ptr<connection> conn;
     conn_meta meta;
-    std::uint64_t watch = 0; // generation of the idle watch armed on it
+    std::uint64_t watch = 0; // generation of the idle watch armed (or about to be) on it
+    bool armed = false;      // a wait is registered on the socket
 };
 
 struct pool_state : std::enable_shared_from_this<pool_state>
@@ -235,11 +236,29 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     {
         auto& impl = impl_of(*e.conn);
         e.watch = ++next_watch;
+        e.armed = true;
         impl.async_wait_readable(
             [w = weak_from_this(), gen = e.watch](boost::system::error_code ec, std::size_t) {
                 if (auto self = w.lock())
                     self->on_idle_input(gen, ec);
             });
+    }
+
+    /// Arms the watch a moment later: a caller that takes the connection straight back (a loop
+    /// of queries) never pays for registering and cancelling a wait. Called under `mu`.
+    void schedule_watch_locked(pooled_entry& e)
+    {
+        e.watch = ++next_watch;
+        asio::post(ex, [w = weak_from_this(), gen = e.watch] {
+            auto self = w.lock();
+            if (!self)
+                return;
+            std::lock_guard lock(self->mu);
+            auto it = std::find_if(self->idle.begin(), self->idle.end(),
+                                   [gen](const pooled_entry& e) { return e.watch == gen; });
+            if (it != self->idle.end() && !it->armed)
+                self->arm_watch_locked(*it);
+        });
     }
 
     void on_idle_input(std::uint64_t gen, boost::system::error_code ec)
@@ -272,7 +291,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         pooled_entry e = std::move(idle.back());
         idle.pop_back();
         e.watch = 0;
-        impl_of(*e.conn).sock.cancel();
+        if (std::exchange(e.armed, false))
+            impl_of(*e.conn).sock.cancel();
         return e;
     }
 
@@ -288,7 +308,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             if (keep) {
                 meta.last_used = borrowed ? now : meta.last_used;
                 idle.push_back({std::move(c), meta});
-                arm_watch_locked(idle.back());
+                schedule_watch_locked(idle.back());
             }
         }
         if (!keep)
