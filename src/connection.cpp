@@ -844,6 +844,10 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
         for (auto* entry : entries) {
             entry->rerun = started_idle;
             entry->err.reset();
+            if (!started_idle)
+                entry->err =
+                    error(errc::server_error, "the batch was not run: " + std::string(e.what()),
+                          e.sqlstate(), {}, {}, {}, false);
         }
     }
 }

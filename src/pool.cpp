@@ -426,7 +426,9 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 c.release(); // closes it, gives the permit back and kicks
                 co_return;
             }
-            if (yield)
+            // A connection past max_lifetime goes back (and is retired) even under constant
+            // load; the next runner opens a fresh one.
+            if (yield || pool_clock::now() >= c.meta_.retire_at)
                 break;
             // Let the callers just completed queue their next statements, so that the next
             // batch is full rather than a straggler's alone.
@@ -522,6 +524,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         }
         if (item->entry.err)
             throw *item->entry.err;
+        if (!item->entry.res)
+            throw error(errc::client_failure, "the statement's batch ended without its result");
         co_return std::move(*item->entry.res);
     }
 
