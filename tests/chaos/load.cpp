@@ -380,7 +380,8 @@ void load::report(const std::string& scenario, std::uint64_t faults, std::uint64
         << " unknown=" << t.tx_unknown << " (present " << v.tx_unknown_present << ", absent "
         << v.tx_unknown_absent << ")"
         << " | gave-up=" << t.gave_up << " faults=" << faults << " retries=" << retries
-        << " rows=" << v.rows << " tx-rows=" << v.tx_rows << "\n";
+        << " rows=" << v.rows << " tx-rows=" << v.tx_rows
+        << " multiplexed=" << pool_.stats().statements_multiplexed << "\n";
     for (int p = 0; p < phases; ++p) {
         const auto& c = counts_[p];
         if (c.operations == 0)
