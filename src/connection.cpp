@@ -1179,7 +1179,7 @@ void owned_statement::assign(std::string_view sql, const params_view& p)
     lengths.assign(p.lengths, p.lengths + n);
     formats.assign(p.formats, p.formats + n);
     values.assign(n, std::string());
-    is_null.assign(n, 0);
+    is_null.assign(n, char(0));
     for (std::size_t i = 0; i < n; ++i) {
         if (!p.values[i]) {
             is_null[i] = 1;

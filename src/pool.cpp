@@ -15,7 +15,6 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
-#include <boost/container/small_vector.hpp>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -110,37 +109,14 @@ struct mux_item
 
     void copy(std::string_view sql, const params_view& p, binary_check binary)
     {
-        statement_key(key, sql, p);
-        auto n = static_cast<std::size_t>(p.count);
-        types.assign(p.types, p.types + n);
-        values.resize(n);
-        pointers.resize(n);
-        lengths.assign(p.lengths, p.lengths + n);
-        formats.assign(p.formats, p.formats + n);
-        for (std::size_t i = 0; i < n; ++i) {
-            if (!p.values[i])
-                continue; // NULL
-            // Text parameters end at their NUL; binary ones have a length.
-            std::size_t len = p.formats[i] == 1 ? static_cast<std::size_t>(p.lengths[i])
-                                                : std::char_traits<char>::length(p.values[i]);
-            values[i].assign(p.values[i], len);
-            pointers[i] = values[i].c_str();
-        }
-        entry.key = key;
-        entry.sql_length = sql.size();
-        entry.params = {p.count, types.data(), pointers.data(), lengths.data(), formats.data()};
+        statement.assign(sql, p);
+        entry.key = statement.key;
+        entry.sql_length = statement.sql_length;
+        entry.params = statement.view();
         entry.binary = binary;
     }
 
-    // Inline room for a few parameters: no allocation per statement in the common case.
-    template <class T>
-    using few = boost::container::small_vector<T, 4>;
-
-    std::string key;
-    few<oid> types;
-    few<std::string> values;
-    few<const char*> pointers;
-    few<int> lengths, formats;
+    owned_statement statement;
     batch_entry entry;
     pool_clock::time_point queued;
     bool taken = false, abandoned = false; // under pool_state::mu

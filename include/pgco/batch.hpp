@@ -2,6 +2,8 @@
 
 #include <pgco/connection.hpp>
 
+#include <boost/container/small_vector.hpp>
+
 #include <cstddef>
 #include <string>
 #include <string_view>
@@ -15,13 +17,17 @@ namespace detail {
 /// that runs after the caller's arguments are gone.
 struct owned_statement
 {
+    // Inline room for a few parameters: no allocation per statement in the common case.
+    template <class T>
+    using few = boost::container::small_vector<T, 4>;
+
     std::string key; // the SQL, a NUL, the parameter type OIDs (the statement cache's key)
     std::size_t sql_length = 0;
-    std::vector<oid> types;
-    std::vector<std::string> values; // encoded parameters; `is_null` marks NULLs
-    std::vector<char> is_null;
-    std::vector<const char*> pointers; // filled by view(): moves may relocate short strings
-    std::vector<int> lengths, formats;
+    few<oid> types;
+    few<std::string> values; // encoded parameters; `is_null` marks NULLs
+    few<char> is_null;
+    few<const char*> pointers; // filled by view(): moves may relocate short strings
+    few<int> lengths, formats;
 
     void assign(std::string_view sql, const params_view& p);
     params_view view();

@@ -252,7 +252,11 @@ private:
 // 1. Every backend of the pool is terminated (pg_terminate_backend) five times, 300 ms apart,
 // while the load runs. The server reports 57P01 for statements it aborted, so they are retried;
 // idle connections are dropped by the pool's watch. Reads and writes all succeed.
-TEST(chaos, backends_killed_repeatedly)
+// Kills every pool backend five times during the load. `pool_params` sets the pool's size;
+// `min_multiplexed`: how many statements must have shared a connection through multiplexing.
+static void backends_killed(const std::string& report_name, const std::string& scenario,
+                            const std::string& pool_params, int workers,
+                            std::uint64_t min_multiplexed)
 {
     server_running_guard server;
     log_capture log;
@@ -261,11 +265,11 @@ TEST(chaos, backends_killed_repeatedly)
             auto ex = co_await asio::this_coro::executor;
             auto admin = co_await connect_direct();
             co_await create_tables(admin);
-            auto app = pgco::chaos::unique_app_name("chaos_kill");
+            auto app = pgco::chaos::unique_app_name("chaos_" + scenario);
             pgco::pool p(ex, pgco::pool_options::from_url(
-                                 url_with("connection_limit=6&pool_timeout=5&" + short_retries +
+                                 url_with(pool_params + "&pool_timeout=5&" + short_retries +
                                           "&application_name=" + app)));
-            load l(p, options("kill"));
+            load l(p, options(scenario, workers));
             std::uint64_t killed = 0;
             int rounds_with_kills = 0;
             std::vector<load*> loads{&l};
@@ -289,66 +293,29 @@ TEST(chaos, backends_killed_repeatedly)
             co_await run_with_loads(loads, chaos());
             auto retries = p.stats().query_retries;
             co_await p.close();
-            co_await verify_and_report(l, "backends_killed_repeatedly", killed, retries);
+            auto multiplexed = p.stats().statements_multiplexed;
+            co_await verify_and_report(l, report_name, killed, retries);
 
             EXPECT_EQ(rounds_with_kills, 5);
             EXPECT_GE(killed, 5u);
             EXPECT_GT(retries, 0u);
+            EXPECT_GE(multiplexed, min_multiplexed);
             expect_no_failures(l);
         },
         scenario_limit);
     show_log_if_needed(log);
 }
 
-// The same with most statements multiplexed: 16 workers share 2 connections, so reads and
-// writes travel in pipelined batches when a backend dies under them.
+TEST(chaos, backends_killed_repeatedly)
+{
+    backends_killed("backends_killed_repeatedly", "kill", "connection_limit=6", 8, 0);
+}
+
+// 16 workers share 2 connections: most statements travel in pipelined batches when a backend
+// dies under them.
 TEST(chaos, backends_killed_under_multiplexing)
 {
-    server_running_guard server;
-    log_capture log;
-    run(
-        [&]() -> awaitable<void> {
-            auto ex = co_await asio::this_coro::executor;
-            auto admin = co_await connect_direct();
-            co_await create_tables(admin);
-            auto app = pgco::chaos::unique_app_name("chaos_mux");
-            pgco::pool p(ex, pgco::pool_options::from_url(
-                                 url_with("connection_limit=2&pool_timeout=5&" + short_retries +
-                                          "&application_name=" + app)));
-            load l(p, options("mux", 16));
-            std::uint64_t killed = 0;
-            int rounds_with_kills = 0;
-            std::vector<load*> loads{&l};
-            auto chaos = [&]() -> awaitable<void> {
-                co_await sleep_for(400ms);
-                for (int round = 0; round < 5; ++round) {
-                    // The pool has reconnected since the last round (bounded wait).
-                    EXPECT_TRUE(co_await until_positive(
-                        admin, "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                        app, 3s));
-                    auto n = co_await admin.query_one<std::int64_t>(
-                        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
-                        "FROM pg_stat_activity WHERE application_name = $1",
-                        app);
-                    killed += static_cast<std::uint64_t>(n);
-                    rounds_with_kills += n > 0;
-                    co_await sleep_for(300ms);
-                }
-                co_await healthy_phase(loads);
-            };
-            co_await run_with_loads(loads, chaos());
-            auto retries = p.stats().query_retries;
-            co_await p.close();
-            co_await verify_and_report(l, "backends_killed_under_multiplexing", killed, retries);
-
-            EXPECT_EQ(rounds_with_kills, 5);
-            EXPECT_GE(killed, 5u);
-            EXPECT_GT(retries, 0u);
-            EXPECT_GT(p.stats().statements_multiplexed, 1000u);
-            expect_no_failures(l);
-        },
-        scenario_limit);
-    show_log_if_needed(log);
+    backends_killed("backends_killed_under_multiplexing", "mux", "connection_limit=2", 16, 1000);
 }
 
 // 2. The server is restarted (pg_ctl restart -m fast) under load, with the default retry
