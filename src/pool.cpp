@@ -165,7 +165,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     std::vector<std::chrono::microseconds> waits; // the latest acquire waits, a ring
     std::size_t waits_next = 0;
     std::minstd_rand rng;
-    std::deque<std::shared_ptr<mux_item>> mux_queue; // statements waiting to share a connection
+    std::deque<std::shared_ptr<mux_item>> mux_queue;    // statements waiting to share a connection
+    std::vector<std::shared_ptr<mux_item>> spare_items; // finished, ready for reuse
     bool sweeping = false;                 // a sweep coroutine enforces pool_timeout on the queue
     std::shared_ptr<event> reconnect_done; // set while a reconnect runs
     std::shared_ptr<event> close_done;     // set once close() starts
@@ -459,8 +460,16 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     static asio::awaitable<result> multiplexed(std::shared_ptr<pool_state> s, std::string_view sql,
                                                params_view params, binary_check binary)
     {
-        auto ex = co_await asio::this_coro::executor;
-        auto item = std::make_shared<mux_item>(ex);
+        std::shared_ptr<mux_item> item;
+        {
+            std::lock_guard lock(s->mu);
+            if (!s->spare_items.empty()) {
+                item = std::move(s->spare_items.back());
+                s->spare_items.pop_back();
+            }
+        }
+        if (!item)
+            item = std::make_shared<mux_item>(s->ex);
         item->copy(sql, params, binary);
         {
             std::lock_guard lock(s->mu);
@@ -498,11 +507,25 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             }
             throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
         }
-        if (item->entry.err)
-            throw *item->entry.err;
-        if (!item->entry.res)
+        std::optional<error> failed = std::move(item->entry.err);
+        std::optional<result> res = std::move(item->entry.res);
+        s->recycle(std::move(item));
+        if (failed)
+            throw *failed;
+        if (!res)
             throw error(errc::client_failure, "the statement's batch ended without its result");
-        co_return std::move(*item->entry.res);
+        co_return std::move(*res);
+    }
+
+    /// Keeps a finished item (its channel drained) for the next statement: constructing a
+    /// channel costs more than the rest of queueing.
+    void recycle(std::shared_ptr<mux_item> item)
+    {
+        item->entry = batch_entry{};
+        std::lock_guard lock(mu);
+        item->taken = item->abandoned = false;
+        if (spare_items.size() < 1024)
+            spare_items.push_back(std::move(item));
     }
 
     // ---- acquiring ----
