@@ -1042,9 +1042,8 @@ int main(int argc, char** argv)
             }
         }
         if (do_ticker) {
-            auto r =
-                run_ticker(url, storm_rounds, std::chrono::milliseconds(storm_interval), 32, 10,
-                           loop_slice_us);
+            auto r = run_ticker(url, storm_rounds, std::chrono::milliseconds(storm_interval), 32,
+                                10, loop_slice_us);
             report_ticker_phase("quiet", r.quiet, r, false);
             report_ticker_phase("storm", r.storm, r, true);
             auto block = connect_poll_block(opts.conninfo, 20);

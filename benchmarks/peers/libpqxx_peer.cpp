@@ -128,8 +128,8 @@ void kv_setup(const std::string& url)
                          "count(*) FILTER (WHERE length(v) = 32) FROM kv")[0][0]
                      .as<std::string>();
     if (shape != "100000,1,100000,100000")
-        throw std::runtime_error("W2 setup: table kv is not ids 1..100000 (count,min,max,ok: " +
-                                 shape + ")");
+        throw std::runtime_error(
+            "W2 setup: table kv is not ids 1..100000 (count,min,max,ok: " + shape + ")");
 }
 
 std::vector<int> w2_ids(long n)
@@ -281,8 +281,9 @@ int main(int argc, char** argv)
             run_workload("W2", w2_queries, repeat, [&](long n) { return w2(url, w2_ids(n)); });
         }
         if (has("W3"))
-            run_workload("W3", w3_queries, repeat, [&](long n) { return w3(url, n); },
-                         ",\"in_flight\":256,\"batch\":100");
+            run_workload(
+                "W3", w3_queries, repeat, [&](long n) { return w3(url, n); },
+                ",\"in_flight\":256,\"batch\":100");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "libpqxx_peer failed: %s\n", e.what());
         return 1;
