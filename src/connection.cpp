@@ -528,6 +528,10 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
     // A cancelled pipeline (see run_pipeline) ends with its Sync, not with the first null.
     bool pipeline = PQpipelineStatus(c.conn) != PQ_PIPELINE_OFF;
     co_await flush_output(c, deadline, f);
+    // With the server on the same CPU the answer is often there already: one read by libpq
+    // then saves the wait (a peek, and often epoll_wait) on the way.
+    if (!f && keep && PQisBusy(c.conn))
+        PQconsumeInput(c.conn);
     while (!f) {
         while (!PQisBusy(c.conn)) {
             PGresult* r = PQgetResult(c.conn);
