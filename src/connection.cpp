@@ -691,9 +691,11 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
         const char* sql = e->key.data();
         const auto& p = e->params;
         int ok;
-        if (c.cache.capacity > 0 &&
-            detail::shareable_statement(std::string_view(sql, e->sql_length))) {
-            auto it = c.cache.find(e->key);
+        // Only shareable statements are ever cached: a hit needs no second look at the text.
+        auto it = c.cache.capacity > 0 ? c.cache.find(e->key) : c.cache.end();
+        if (it != c.cache.end() ||
+            (c.cache.capacity > 0 &&
+             detail::shareable_statement(std::string_view(sql, e->sql_length)))) {
             if (it == c.cache.end()) {
                 it = c.cache.add(std::string(e->key));
                 if (!PQsendPrepare(c.conn, it->name.c_str(), sql, p.count, p.types) ||
@@ -886,15 +888,17 @@ bool shareable_statement(std::string_view sql) noexcept
             break;
         }
     }
+    // ASCII letters only (SQL keywords): no locale lookups on the per-statement path.
+    auto letter = [](char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'); };
     std::size_t j = i;
-    while (j < sql.size() && std::isalpha(static_cast<unsigned char>(sql[j])))
+    while (j < sql.size() && letter(sql[j]))
         ++j;
     auto word = sql.substr(i, j - i);
     auto is = [&](std::string_view w) {
         if (word.size() != w.size())
             return false;
         for (std::size_t k = 0; k < w.size(); ++k)
-            if (std::toupper(static_cast<unsigned char>(word[k])) != w[k])
+            if ((word[k] & ~0x20) != w[k]) // upper-cases ASCII letters
                 return false;
         return true;
     };
