@@ -37,37 +37,20 @@ using asio::awaitable;
 using pgco::test::clock_type;
 using pgco::test::connected;
 using pgco::test::database_url;
+using pgco::test::eventually;
 using pgco::test::expect_error;
 using pgco::test::ms_since;
 using pgco::test::run;
 using pgco::test::sleep_for;
+using pgco::test::url_with;
 
 namespace {
-
-/// The test URL with pgco's (or libpq's) parameters appended; the sandbox URL has no query.
-std::string cm_url(const std::string& params)
-{
-    return database_url() + "?" + params;
-}
 
 /// A name (table, application_name) no other test process running in parallel uses.
 std::string cm_unique(const std::string& prefix)
 {
     static int counter = 0;
     return prefix + "_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
-}
-
-/// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.
-template <class Pred>
-awaitable<bool> cm_eventually(Pred pred, std::chrono::milliseconds limit)
-{
-    auto deadline = clock_type::now() + limit;
-    while (!pred()) {
-        if (clock_type::now() >= deadline)
-            co_return false;
-        co_await sleep_for(5ms);
-    }
-    co_return true;
 }
 
 /// Named prepared statements pgco made on this session (the counting statement included once
@@ -266,7 +249,7 @@ TEST(cache, small_cache_evicts_and_deallocates)
 {
     run(
         []() -> awaitable<void> {
-            auto c = co_await connected(cm_url("statement_cache_size=2"));
+            auto c = co_await connected(url_with("statement_cache_size=2"));
             std::vector<std::string> statements;
             for (int k = 0; k < 6; ++k)
                 statements.push_back("SELECT $1::int4 + " + std::to_string(k * 100));
@@ -299,7 +282,7 @@ TEST(cache, pgbouncer_mode_and_size_zero_prepare_nothing)
         SCOPED_TRACE(params);
         run(
             [params]() -> awaitable<void> {
-                auto c = co_await connected(cm_url(params));
+                auto c = co_await connected(url_with(params));
                 for (int i = 0; i < 5; ++i) {
                     EXPECT_EQ(co_await c.query_one<int>("SELECT $1::int4", i), i);
                     EXPECT_EQ(co_await c.query_one<std::string>("SELECT 'x' || $1::text", "y"),
@@ -388,7 +371,7 @@ TEST(mux, two_hundred_callers_share_one_connection_in_batches)
     run(
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
-            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=1")));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
             constexpr int callers = 200;
             int done = 0, correct = 0, failed = 0;
             for (int i = 0; i < callers; ++i)
@@ -405,7 +388,7 @@ TEST(mux, two_hundred_callers_share_one_connection_in_batches)
                         ++done;
                     },
                     asio::detached);
-            EXPECT_TRUE(co_await cm_eventually([&] { return done == callers; }, 8s));
+            EXPECT_TRUE(co_await eventually([&] { return done == callers; }, 8s));
             EXPECT_EQ(correct, callers);
             EXPECT_EQ(failed, 0);
             auto s = p.stats();
@@ -426,7 +409,7 @@ TEST(mux, a_failing_statement_fails_alone_and_nothing_is_applied_twice)
             auto ex = co_await asio::this_coro::executor;
             auto admin = co_await connected();
             co_await admin.exec("CREATE TABLE " + table + " (id int PRIMARY KEY)");
-            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=1")));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
             const std::string insert = "INSERT INTO " + table + " (id) VALUES ($1)";
 
             struct outcome
@@ -488,7 +471,7 @@ TEST(mux, a_failing_statement_fails_alone_and_nothing_is_applied_twice)
                     spawn_division();
             }
             EXPECT_EQ(outcomes.size(), 58u);
-            EXPECT_TRUE(co_await cm_eventually(
+            EXPECT_TRUE(co_await eventually(
                 [&] {
                     return std::all_of(outcomes.begin(), outcomes.end(),
                                        [](const outcome& o) { return o.finished; });
@@ -535,7 +518,7 @@ TEST(mux, a_decoding_failure_fails_alone)
     run(
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
-            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=1")));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
             int done = 0, correct = 0, mismatched = 0;
             std::vector<std::string> unexpected;
             for (int i = 0; i < 40; ++i) {
@@ -565,7 +548,7 @@ TEST(mux, a_decoding_failure_fails_alone)
                     },
                     asio::detached);
             }
-            EXPECT_TRUE(co_await cm_eventually([&] { return done == 40; }, 8s));
+            EXPECT_TRUE(co_await eventually([&] { return done == 40; }, 8s));
             EXPECT_EQ(correct, 36);
             EXPECT_EQ(mismatched, 4);
             for (const auto& u : unexpected)
@@ -585,8 +568,8 @@ TEST(mux, acquire_and_transactions_are_not_starved_by_multiplexed_load)
             auto ex = co_await asio::this_coro::executor;
             auto admin = co_await connected();
             co_await admin.exec("CREATE TABLE " + table + " (id int)");
-            pgco::pool p(ex,
-                         pgco::pool_options::from_url(cm_url("connection_limit=1&pool_timeout=2")));
+            pgco::pool p(
+                ex, pgco::pool_options::from_url(url_with("connection_limit=1&pool_timeout=2")));
             bool stop = false;
             int workers_done = 0, wrong = 0, ops = 0;
             std::vector<std::string> failures;
@@ -631,7 +614,7 @@ TEST(mux, acquire_and_transactions_are_not_starved_by_multiplexed_load)
                 co_await sleep_for(20ms);
             }
             stop = true;
-            EXPECT_TRUE(co_await cm_eventually([&] { return workers_done == workers; }, 5s));
+            EXPECT_TRUE(co_await eventually([&] { return workers_done == workers; }, 5s));
             EXPECT_EQ(wrong, 0);
             for (const auto& f : failures)
                 ADD_FAILURE() << "worker failed: " << f;
@@ -655,7 +638,7 @@ TEST(mux, pool_timeout_while_queued_fails_and_the_statement_never_runs)
             auto admin = co_await connected();
             co_await admin.exec("CREATE TABLE " + table + " (id int)");
             pgco::pool p(
-                ex, pgco::pool_options::from_url(cm_url("connection_limit=1&pool_timeout=0.3")));
+                ex, pgco::pool_options::from_url(url_with("connection_limit=1&pool_timeout=0.3")));
             const std::string insert = "INSERT INTO " + table + " (id) VALUES ($1)";
             auto held_since = clock_type::now();
             auto held = co_await p.acquire();
@@ -697,8 +680,8 @@ TEST(mux, cancelled_while_queued_never_runs)
             auto ex = co_await asio::this_coro::executor;
             auto admin = co_await connected();
             co_await admin.exec("CREATE TABLE " + table + " (id int)");
-            pgco::pool p(ex,
-                         pgco::pool_options::from_url(cm_url("connection_limit=1&pool_timeout=5")));
+            pgco::pool p(
+                ex, pgco::pool_options::from_url(url_with("connection_limit=1&pool_timeout=5")));
             const std::string insert = "INSERT INTO " + table + " (id) VALUES ($1)";
             auto held = co_await p.acquire();
 
@@ -746,10 +729,10 @@ TEST(mux, backends_killed_under_multiplexed_load_give_no_wrong_values)
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
             auto app = cm_unique("mux_kill");
-            pgco::pool p(ex, pgco::pool_options::from_url(
-                                 cm_url("connection_limit=2&pool_timeout=5&retry_backoff=0,0.05,0.1"
-                                        "&application_name=" +
-                                        app)));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with(
+                                 "connection_limit=2&pool_timeout=5&retry_backoff=0,0.05,0.1"
+                                 "&application_name=" +
+                                 app)));
             auto admin = co_await connected();
             bool stop = false;
             int workers_done = 0, wrong = 0, ok = 0;
@@ -795,7 +778,7 @@ TEST(mux, backends_killed_under_multiplexed_load_give_no_wrong_values)
             const std::chrono::milliseconds rest(std::max(0LL, 1500 - ms_since(start)));
             co_await sleep_for(rest);
             stop = true;
-            EXPECT_TRUE(co_await cm_eventually([&] { return workers_done == workers; }, 6s));
+            EXPECT_TRUE(co_await eventually([&] { return workers_done == workers; }, 6s));
             EXPECT_GT(killed, 0) << "no backend of the pool was terminated";
             EXPECT_EQ(wrong, 0);
             EXPECT_GT(ok, 0);
@@ -821,7 +804,7 @@ TEST(mux, multiplex_off_never_shares)
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
             pgco::pool p(
-                ex, pgco::pool_options::from_url(cm_url("connection_limit=1&multiplex=false")));
+                ex, pgco::pool_options::from_url(url_with("connection_limit=1&multiplex=false")));
             constexpr int callers = 50;
             int done = 0, correct = 0;
             for (int i = 0; i < callers; ++i)
@@ -837,7 +820,7 @@ TEST(mux, multiplex_off_never_shares)
                         ++done;
                     },
                     asio::detached);
-            EXPECT_TRUE(co_await cm_eventually([&] { return done == callers; }, 8s));
+            EXPECT_TRUE(co_await eventually([&] { return done == callers; }, 8s));
             EXPECT_EQ(correct, callers);
             auto s = p.stats();
             EXPECT_EQ(s.statements_multiplexed, 0u);
@@ -854,7 +837,7 @@ TEST(mux, cancelled_statement_on_a_free_connection_reports_cancelled)
     run(
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
-            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=1")));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
             // A permit is free: the statement takes a connection of its own (no queueing).
             std::error_code code;
             std::string what;
@@ -889,7 +872,7 @@ TEST(mux, statement_deallocated_behind_pgcos_back_is_prepared_again_in_a_batch)
     run(
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
-            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=1")));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
             const std::string sql = "SELECT $1::int4 * 7";
             EXPECT_EQ(co_await p.query_one<int>(sql, 1), 7);
             EXPECT_EQ(co_await p.query_one<int>(sql, 2), 14);
@@ -917,7 +900,7 @@ TEST(mux, statement_deallocated_behind_pgcos_back_is_prepared_again_in_a_batch)
                     asio::detached);
             co_await sleep_for(20ms);
             held.release();
-            EXPECT_TRUE(co_await cm_eventually([&] { return done == callers; }, 5s));
+            EXPECT_TRUE(co_await eventually([&] { return done == callers; }, 5s));
             EXPECT_EQ(correct, callers);
             for (const auto& f : failures)
                 ADD_FAILURE() << f;
@@ -936,7 +919,7 @@ TEST(batch, statements_run_together_and_see_each_other)
             auto ex = co_await asio::this_coro::executor;
             auto admin = co_await connected();
             co_await admin.exec("CREATE TABLE " + table + " (id int PRIMARY KEY, v text)");
-            pgco::pool p(ex, pgco::pool_options::from_url(cm_url("connection_limit=2")));
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=2")));
             const std::string insert = "INSERT INTO " + table + " (id, v) VALUES ($1, $2)";
             pgco::batch b;
             b.add(insert, 1, std::string("one"))

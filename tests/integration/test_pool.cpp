@@ -45,37 +45,20 @@ using asio::awaitable;
 using pgco::test::clock_type;
 using pgco::test::connected;
 using pgco::test::database_url;
+using pgco::test::eventually;
 using pgco::test::expect_error;
 using pgco::test::ms_since;
 using pgco::test::run;
 using pgco::test::sleep_for;
+using pgco::test::url_with;
 
 namespace {
-
-/// The test URL with pgco's (or libpq's) parameters appended; the sandbox URL has no query.
-std::string pool_url(const std::string& params)
-{
-    return database_url() + "?" + params;
-}
 
 /// An application_name no other test (or test process running in parallel) uses.
 std::string unique_app_name()
 {
     static std::atomic<int> counter{0};
     return "pool_test_" + std::to_string(::getpid()) + "_" + std::to_string(++counter);
-}
-
-/// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.
-template <class Pred>
-awaitable<bool> eventually(Pred pred, std::chrono::milliseconds limit)
-{
-    auto deadline = clock_type::now() + limit;
-    while (!pred()) {
-        if (clock_type::now() >= deadline)
-            co_return false;
-        co_await sleep_for(5ms);
-    }
-    co_return true;
 }
 
 /// Waits until the server process `pid` has left pg_stat_activity (at most `limit`).
@@ -160,7 +143,7 @@ awaitable<void> many_tasks_share_ten_connections(asio::any_io_executor ex)
     auto app = unique_app_name();
     auto p = std::make_shared<pgco::pool>(
         ex, pgco::pool_options::from_url(
-                pool_url("connection_limit=10&pool_timeout=10&application_name=" + app)));
+                url_with("connection_limit=10&pool_timeout=10&application_name=" + app)));
     auto admin = co_await connected();
 
     struct counters
@@ -237,7 +220,7 @@ TEST(pool, exhausted_pool_times_out_with_p2024_and_says_busy)
         []() -> awaitable<void> {
             pgco::pool p(
                 co_await asio::this_coro::executor,
-                pgco::pool_options::from_url(pool_url("connection_limit=2&pool_timeout=0.5")));
+                pgco::pool_options::from_url(url_with("connection_limit=2&pool_timeout=0.5")));
             auto a = co_await p.acquire();
             auto b = co_await p.acquire();
             EXPECT_EQ(p.stats().in_use, 2u);
@@ -297,7 +280,7 @@ TEST(pool, backend_killed_while_idle_is_never_handed_out)
         []() -> awaitable<void> {
             pgco::pool p(
                 co_await asio::this_coro::executor,
-                pgco::pool_options::from_url(pool_url("connection_limit=1&pool_timeout=5")));
+                pgco::pool_options::from_url(url_with("connection_limit=1&pool_timeout=5")));
             auto admin = co_await connected();
             auto pid = co_await p.query_one<int>("SELECT pg_backend_pid()");
             EXPECT_EQ(p.stats().idle, 1u);
@@ -322,7 +305,7 @@ TEST(pool, health_checks_keep_good_connections_and_replace_dead_ones)
         []() -> awaitable<void> {
             pgco::pool p(
                 co_await asio::this_coro::executor,
-                pgco::pool_options::from_url(pool_url(
+                pgco::pool_options::from_url(url_with(
                     "health_check_interval=0.2&health_check_timeout=1&min_idle=0&pool_timeout=5")));
             auto admin = co_await connected();
             int pid = 0;
@@ -353,7 +336,7 @@ TEST(pool, connection_left_inside_a_transaction_is_not_reused)
         []() -> awaitable<void> {
             pgco::pool p(
                 co_await asio::this_coro::executor,
-                pgco::pool_options::from_url(pool_url("connection_limit=1&pool_timeout=5")));
+                pgco::pool_options::from_url(url_with("connection_limit=1&pool_timeout=5")));
             auto admin = co_await connected();
             int pid = 0;
             {
@@ -387,7 +370,7 @@ TEST(pool, close_drains_in_flight_queries_and_lets_the_io_context_finish)
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
             auto p = std::make_shared<pgco::pool>(
-                ex, pgco::pool_options::from_url(pool_url("connection_limit=2&pool_timeout=5")));
+                ex, pgco::pool_options::from_url(url_with("connection_limit=2&pool_timeout=5")));
             struct counters
             {
                 int acquired = 0;
@@ -487,7 +470,7 @@ TEST(pool, is_connected_tells_a_live_server_from_a_closed_port)
     run(
         []() -> awaitable<void> {
             auto ex = co_await asio::this_coro::executor;
-            pgco::pool live(ex, pgco::pool_options::from_url(pool_url("pool_timeout=5")));
+            pgco::pool live(ex, pgco::pool_options::from_url(url_with("pool_timeout=5")));
             EXPECT_TRUE(co_await live.is_connected());
 
             auto port = closed_port(ex);
@@ -508,7 +491,7 @@ TEST(pool, reconnect_replaces_connections_and_concurrent_calls_merge)
     run(
         []() -> awaitable<void> {
             pgco::pool p(co_await asio::this_coro::executor,
-                         pgco::pool_options::from_url(pool_url("pool_timeout=5")));
+                         pgco::pool_options::from_url(url_with("pool_timeout=5")));
             auto pid = co_await p.query_one<int>("SELECT pg_backend_pid()");
             co_await p.reconnect();
             auto next = co_await p.query_one<int>("SELECT pg_backend_pid()");
@@ -517,7 +500,7 @@ TEST(pool, reconnect_replaces_connections_and_concurrent_calls_merge)
             co_await p.close();
 
             pgco::pool q(co_await asio::this_coro::executor,
-                         pgco::pool_options::from_url(pool_url("pool_timeout=5")));
+                         pgco::pool_options::from_url(url_with("pool_timeout=5")));
             pid = co_await q.query_one<int>("SELECT pg_backend_pid()");
             co_await (q.reconnect() && q.reconnect());
             EXPECT_EQ(q.stats().reconnects, 1u) << "two concurrent reconnect() calls";
@@ -534,7 +517,7 @@ TEST(pool, too_many_waiters_fail_at_once_with_pool_exhausted)
             auto ex = co_await asio::this_coro::executor;
             auto p = std::make_shared<pgco::pool>(
                 ex, pgco::pool_options::from_url(
-                        pool_url("connection_limit=1&max_waiters=1&pool_timeout=5")));
+                        url_with("connection_limit=1&max_waiters=1&pool_timeout=5")));
             auto held = co_await p->acquire();
             auto waiter_got = std::make_shared<int>(0); // 0 pending, 1 served, -1 failed
             asio::co_spawn(
@@ -569,7 +552,7 @@ TEST(pool, connection_returns_when_the_holder_throws)
     run(
         []() -> awaitable<void> {
             pgco::pool p(co_await asio::this_coro::executor,
-                         pgco::pool_options::from_url(pool_url("pool_timeout=5")));
+                         pgco::pool_options::from_url(url_with("pool_timeout=5")));
             auto borrow_and_throw = [&p]() -> awaitable<void> {
                 auto c = co_await p.acquire();
                 co_await c->query_one<int>("SELECT 1");
@@ -606,7 +589,7 @@ TEST(pool, health_check_replaces_a_connection_whose_server_side_froze)
     int frozen = 0;
     run([&]() -> awaitable<void> {
         pgco::pool p(co_await asio::this_coro::executor,
-                     pgco::pool_options::from_url(pool_url(
+                     pgco::pool_options::from_url(url_with(
                          "connection_limit=2&health_check_interval=0.3&health_check_timeout=0.3")));
         frozen = co_await p.query_one<int>("SELECT pg_backend_pid()");
         EXPECT_EQ(::kill(frozen, SIGSTOP), 0);
@@ -629,7 +612,7 @@ TEST(pool, max_lifetime_and_idle_timeout_retire_connections)
 {
     run([]() -> awaitable<void> {
         pgco::pool aging(co_await asio::this_coro::executor,
-                         pgco::pool_options::from_url(pool_url("max_lifetime=0.4")));
+                         pgco::pool_options::from_url(url_with("max_lifetime=0.4")));
         auto first = co_await aging.query_one<int>("SELECT pg_backend_pid()");
         EXPECT_EQ(co_await aging.query_one<int>("SELECT pg_backend_pid()"), first);
         co_await sleep_for(500ms);
@@ -637,7 +620,7 @@ TEST(pool, max_lifetime_and_idle_timeout_retire_connections)
         co_await aging.close();
 
         pgco::pool idle(co_await asio::this_coro::executor,
-                        pgco::pool_options::from_url(pool_url("idle_timeout=0.2")));
+                        pgco::pool_options::from_url(url_with("idle_timeout=0.2")));
         co_await idle.execute("SELECT 1");
         EXPECT_EQ(idle.stats().idle, 1u);
         // Maintenance runs at least once a second.
@@ -651,7 +634,7 @@ TEST(pool, min_idle_connections_are_opened_ahead_of_demand)
 {
     run([]() -> awaitable<void> {
         pgco::pool p(co_await asio::this_coro::executor,
-                     pgco::pool_options::from_url(pool_url("min_idle=2&idle_timeout=0.1")));
+                     pgco::pool_options::from_url(url_with("min_idle=2&idle_timeout=0.1")));
         EXPECT_TRUE(co_await eventually([&] { return p.stats().idle == 2; }, 3s));
         EXPECT_EQ(p.stats().connections_opened, 2u);
         // idle_timeout never takes the pool below min_idle.
@@ -687,7 +670,7 @@ TEST(pool, stats_report_waits_and_counts)
     run([]() -> awaitable<void> {
         // Without multiplexing, so that every statement waits for the connection of its own.
         pgco::pool p(co_await asio::this_coro::executor,
-                     pgco::pool_options::from_url(pool_url("connection_limit=1&multiplex=false")));
+                     pgco::pool_options::from_url(url_with("connection_limit=1&multiplex=false")));
         auto ex = co_await asio::this_coro::executor;
         int done = 0;
         for (int i = 0; i < 5; ++i)
@@ -716,7 +699,7 @@ TEST(pool, waiters_are_served_first_come_first_served)
 {
     run([]() -> awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        pgco::pool p(ex, pgco::pool_options::from_url(pool_url("connection_limit=1")));
+        pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
         auto held = co_await p.acquire();
         std::vector<int> order;
         for (int i = 0; i < 6; ++i) {
@@ -743,7 +726,7 @@ TEST(pool, connection_cancelled_mid_result_is_not_reused)
     using namespace asio::experimental::awaitable_operators;
     run([]() -> awaitable<void> {
         auto ex = co_await asio::this_coro::executor;
-        pgco::pool p(ex, pgco::pool_options::from_url(pool_url("connection_limit=1")));
+        pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
         int cancelled_pid = 0;
         {
             auto c = co_await p.acquire();

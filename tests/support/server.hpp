@@ -64,6 +64,25 @@ inline boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d)
     co_await t.async_wait(boost::asio::use_awaitable);
 }
 
+/// The test URL with pgco's (or libpq's) parameters appended; the sandbox URL has no query.
+inline std::string url_with(const std::string& params)
+{
+    return database_url() + "?" + params;
+}
+
+/// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.
+template <class Pred>
+boost::asio::awaitable<bool> eventually(Pred pred, std::chrono::milliseconds limit)
+{
+    auto deadline = clock_type::now() + limit;
+    while (!pred()) {
+        if (clock_type::now() >= deadline)
+            co_return false;
+        co_await sleep_for(std::chrono::milliseconds(5));
+    }
+    co_return true;
+}
+
 /// A connection to `url` (the test server by default) on the current executor.
 inline boost::asio::awaitable<pgco::connection> connected(std::string url = database_url())
 {
