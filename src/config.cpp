@@ -35,7 +35,7 @@ constexpr std::array pgco_keys{
     "retry_attempts"sv,       "query_timeout"sv,  "retry_backoff"sv,
     "retry_jitter"sv,         "retry_deadline"sv, "retry_all"sv,
     "statement_cache_size"sv, "pgbouncer"sv,      "multiplex"sv,
-    "pipeline_depth"sv};
+    "pipeline_depth"sv,       "max_connecting"sv};
 
 // The duration parameters and where they go.
 std::chrono::milliseconds* duration_field(pool_options& o, std::string_view key)
@@ -453,6 +453,11 @@ pool_options parse(std::string_view text, std::string prefix)
             if (!count || *count > 100000)
                 invalid("a whole number from 0 to 100000; 0 turns the cache off");
             options.statement_cache_size = static_cast<std::size_t>(*count);
+        } else if (key == "max_connecting") {
+            auto limit = parse_limit(value);
+            if (!limit)
+                invalid("a whole number from 1 to 100000");
+            options.max_connecting = *limit;
         } else if (key == "pipeline_depth") {
             auto count = parse_unsigned(value);
             if (!count || *count < 1 || *count > 100000)

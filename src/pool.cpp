@@ -131,14 +131,21 @@ struct pooled_entry
     bool armed = false;      // a wait is registered on the socket
 };
 
+inline std::size_t connect_limit(const pool_options& o)
+{
+    return std::clamp<std::size_t>(o.max_connecting, 1, o.connection_limit);
+}
+
 struct pool_state : std::enable_shared_from_this<pool_state>
 {
     pool_state(asio::any_io_executor e, pool_options o)
         : ex(std::move(e)), opts(std::move(o)), permits(ex, opts.connection_limit),
-          monitor_timer(ex), rng(std::random_device{}())
+          connect_slots(ex, connect_limit(opts)), monitor_timer(ex), rng(std::random_device{}())
     {
         for (std::size_t i = 0; i < opts.connection_limit; ++i)
             permits.try_send(boost::system::error_code{});
+        for (std::size_t i = 0; i < connect_limit(opts); ++i)
+            connect_slots.try_send(boost::system::error_code{});
         idle.reserve(opts.connection_limit);
         waits.reserve(wait_window);
         target = opts.redacted();
@@ -152,6 +159,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     // receives a permit takes an idle connection or opens one. The channel queues receivers in
     // order, so waiters are served first come, first served.
     permit_channel permits;
+    // One slot per connect allowed at once (`max_connecting`), taken after the permit.
+    permit_channel connect_slots;
     asio::steady_timer monitor_timer; // touched only by the monitor and under `mu`
 
     mutable std::mutex mu;          // guards everything below
@@ -533,13 +542,18 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     /// Waits for a permit until `deadline`. True if one was received.
     asio::awaitable<bool> wait_permit(pool_clock::time_point deadline)
     {
+        return wait_on(permits, deadline);
+    }
+
+    asio::awaitable<bool> wait_on(permit_channel& ch, pool_clock::time_point deadline)
+    {
         if (deadline == pool_clock::time_point::max()) {
-            auto [ec] = co_await permits.async_receive(use_tuple);
+            auto [ec] = co_await ch.async_receive(use_tuple);
             co_return !ec;
         }
         asio::steady_timer timer(ex, deadline);
         auto [order, receive_ec, timer_ec] =
-            co_await asio::experimental::make_parallel_group(permits.async_receive(asio::deferred),
+            co_await asio::experimental::make_parallel_group(ch.async_receive(asio::deferred),
                                                              timer.async_wait(asio::deferred))
                 .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
         // The receive can succeed even when the timer came first: then the permit is ours.
@@ -580,26 +594,44 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     asio::awaitable<std::unique_ptr<connection>> open_connection(pool_clock::time_point deadline,
                                                                  bool single_attempt = false)
     {
-        {
-            std::lock_guard lock(mu);
-            ++connecting;
-        }
-        struct connecting_guard
-        {
-            pool_state& s;
-            ~connecting_guard()
-            {
-                std::lock_guard lock(s.mu);
-                --s.connecting;
-            }
-        } guard{*this};
-
         for (unsigned failures = 0;; ++failures) {
-            auto now = pool_clock::now();
-            if (now >= deadline)
+            if (pool_clock::now() >= deadline)
                 throw_timeout();
+            // Waits for a turn among the `max_connecting` connects allowed at once.
+            bool turn = connect_slots.try_receive([](auto) {});
+            if (!turn)
+                turn = co_await wait_on(connect_slots, deadline);
+            if (!turn) {
+                if (closing_now())
+                    throw_closed();
+                throw_timeout();
+            }
+            struct connect_slot
+            {
+                pool_state& s;
+                explicit connect_slot(pool_state& state) : s(state)
+                {
+                    std::lock_guard lock(s.mu);
+                    ++s.connecting;
+                }
+                ~connect_slot()
+                {
+                    {
+                        std::lock_guard lock(s.mu);
+                        --s.connecting;
+                    }
+                    // As in release_permit.
+                    if (!s.connect_slots.try_send(boost::system::error_code{}))
+                        s.connect_slots.async_send(boost::system::error_code{},
+                                                   [](boost::system::error_code) {});
+                }
+            };
+            std::optional<connect_slot> slot(std::in_place, *this);
+            auto now = pool_clock::now();
             pool_options attempt = opts;
             if (deadline != pool_clock::time_point::max()) {
+                if (now >= deadline)
+                    throw_timeout();
                 auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
                 if (attempt.connect_timeout.count() == 0 || left < attempt.connect_timeout)
                     attempt.connect_timeout = left;
@@ -622,6 +654,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 logger()->warn("Connection attempt {} failed: {}", failures + 1, e.what());
                 failure = std::current_exception();
             }
+            slot.reset();
             if (!failure) {
                 std::lock_guard lock(mu);
                 ++counters.connections_opened;
@@ -967,6 +1000,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             complete(*item);
         }
         permits.close(); // wakes every waiter; they find the pool closed
+        connect_slots.close();
         for (auto& e : closing_idle)
             close_later(std::move(e.conn));
     }

@@ -9,6 +9,7 @@
 
 namespace pgco {
 
+// clang-format off
 /// Settings for a pool and the connections it opens.
 ///
 /// Read them from a `postgres://` / `postgresql://` URI or a libpq `key=value` string with
@@ -21,6 +22,7 @@ namespace pgco {
 /// | `pool_timeout`     | `pool_timeout`     | 20 s    | longest wait for a pooled connection |
 /// | `connect_timeout`  | `connect_timeout`  | 10 s    | longest time to open one connection  |
 /// | `max_waiters`      | `max_waiters`      | 10000   | callers that may wait in `acquire`   |
+/// | `max_connecting`   | `max_connecting`   | 2       | connections being opened at once     |
 /// | `min_idle`         | `min_idle`         | 0       | connections kept open while idle     |
 /// | `health_check_interval` | `health_check_interval` | 30 s | ping idle connections this often |
 /// | `health_check_timeout`  | `health_check_timeout`  | 5 s  | longest wait for a ping          |
@@ -32,14 +34,14 @@ namespace pgco {
 /// | `retry_jitter`     | `retry.jitter`     | 0       | pauses lengthened by up to this share |
 /// | `retry_deadline`   | `retry.deadline`   | 0       | give up after this long; 0: never    |
 /// | `retry_all`        | `retry.retry_all`  | false   | treat every statement as idempotent  |
-/// | `statement_cache_size` | `statement_cache_size` | 256 | prepared statements kept per
-/// connection; 0: off | | `multiplex`        | `multiplex`        | true    | share busy
-/// connections through pipelining | | `pipeline_depth`   | `pipeline_depth`   | 256     | most
-/// statements in one shared batch  | | `pgbouncer`        | `pgbouncer`        | false   | behind
-/// PgBouncer (transaction mode): no cache |
+/// | `statement_cache_size` | `statement_cache_size` | 256 | prepared statements per connection; 0: off |
+/// | `multiplex`        | `multiplex`        | true    | share busy connections by pipelining |
+/// | `pipeline_depth`   | `pipeline_depth`   | 256     | most statements in one shared batch  |
+/// | `pgbouncer`        | `pgbouncer`        | false   | behind PgBouncer (transaction mode): no cache |
 ///
 /// Durations are seconds and may have a fraction (`0.5`); `0` means no limit (no health
 /// checks, no retirement), as in libpq.
+// clang-format on
 struct pool_options
 {
     /// The connection string handed to libpq, without pgco's own parameters.
@@ -52,6 +54,13 @@ struct pool_options
     std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
     /// How many callers may wait in `acquire` at once; more fail at once with `pool_exhausted`.
     std::size_t max_waiters = 10000;
+    /// How many connections may be being opened at once (at least 1). After the server drops
+    /// every connection, reconnecting them all at once would make the server fork and hash
+    /// passwords for all of them together, starving everything else on its CPU (and the
+    /// client's); a few at a time restore the pool nearly as fast, since the first connection
+    /// back already serves every caller by multiplexing. A connect waiting for its turn counts
+    /// against `pool_timeout`.
+    std::size_t max_connecting = 2;
     /// How many connections the pool keeps open (and opens ahead of demand) while idle.
     std::size_t min_idle = 0;
     /// How often idle connections are pinged with `SELECT 1`; zero turns pinging off.

@@ -116,28 +116,17 @@ asio::awaitable<void> sleep_for(std::chrono::steady_clock::duration d)
 
 std::string url_with(const std::string& params)
 {
-    return pgco::test::database_url() + "?" + params;
+    return pgco::test::url_with(params);
 }
 
 unsigned short server_port()
 {
-    // The sandbox URL has the shape postgresql://user:password@127.0.0.1:port/db.
-    auto url = pgco::test::database_url();
-    auto at = url.rfind('@');
-    auto colon = url.find(':', at);
-    auto slash = url.find('/', colon);
-    if (at == std::string::npos || colon == std::string::npos || slash == std::string::npos)
-        throw std::runtime_error("unexpected sandbox URL shape");
-    return static_cast<unsigned short>(std::stoi(url.substr(colon + 1, slash - colon - 1)));
+    return pgco::test::server_port();
 }
 
 std::string url_via_port(unsigned short port, const std::string& params)
 {
-    auto url = pgco::test::database_url();
-    auto at = url.rfind('@');
-    auto colon = url.find(':', at);
-    auto slash = url.find('/', colon);
-    return url.substr(0, colon + 1) + std::to_string(port) + url.substr(slash) + "?" + params;
+    return pgco::test::url_via_port(port, params);
 }
 
 std::string unique_app_name(const std::string& prefix)

@@ -1,5 +1,6 @@
 // pgco::pool against the real server started by the CTest fixture.
 
+#include "support/fault_proxy.hpp"
 #include "support/server.hpp"
 
 #include <pgco/config.hpp>
@@ -49,7 +50,9 @@ using pgco::test::eventually;
 using pgco::test::expect_error;
 using pgco::test::ms_since;
 using pgco::test::run;
+using pgco::test::server_port;
 using pgco::test::sleep_for;
+using pgco::test::url_via_port;
 using pgco::test::url_with;
 
 namespace {
@@ -272,6 +275,56 @@ TEST(pool, unreachable_server_times_out_and_names_the_connect_error)
             co_await p.close();
         },
         10s);
+}
+
+TEST(pool, connects_beyond_max_connecting_wait_their_turn)
+{
+    // A silent partition holds every connect until its deadline. With max_connecting=2 a
+    // third acquire starts no connect of its own although permits are free: it waits for a
+    // turn and runs out of pool_timeout (P2024). The turns come back after the failures.
+    run(
+        []() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            pgco::test::fault_proxy proxy("127.0.0.1", server_port());
+            pgco::pool p(ex, pgco::pool_options::from_url(
+                                 url_via_port(proxy.port(), "connection_limit=4&max_connecting=2&"
+                                                            "pool_timeout=0.6&connect_timeout=5")));
+            proxy.stall(true);
+            std::vector<std::error_code> codes;
+            for (int i = 0; i < 3; ++i)
+                asio::co_spawn(
+                    ex,
+                    [&]() -> awaitable<void> {
+                        try {
+                            co_await p.acquire();
+                            codes.push_back(std::error_code{});
+                        } catch (const pgco::error& e) {
+                            codes.push_back(e.code());
+                        }
+                    },
+                    asio::detached);
+            co_await sleep_for(200ms);
+            EXPECT_EQ(proxy.accepted(), 2u);
+            EXPECT_EQ(p.stats().connecting, 2u);
+            EXPECT_TRUE(co_await eventually([&] { return codes.size() == 3; }, 3s));
+            EXPECT_EQ(proxy.accepted(), 2u);
+            for (auto code : codes)
+                EXPECT_EQ(code, pgco::errc::pool_timeout);
+            EXPECT_EQ(p.stats().connecting, 0u);
+
+            proxy.stall(false);
+            auto c1 = co_await p.acquire();
+            auto c2 = co_await p.acquire();
+            auto c3 = co_await p.acquire();
+            EXPECT_EQ(co_await c3->query_one<int>("SELECT 3"), 3);
+            EXPECT_EQ(p.stats().open, 3u);
+            EXPECT_EQ(proxy.accepted(), 5u);
+            c1.release();
+            c2.release();
+            c3.release();
+            co_await p.close();
+        },
+        20s);
 }
 
 TEST(pool, backend_killed_while_idle_is_never_handed_out)

@@ -35,6 +35,7 @@ using pgco::test::database_url;
 using pgco::test::expect_error;
 using pgco::test::ms_since;
 using pgco::test::run;
+using pgco::test::server_port;
 using pgco::test::sleep_for;
 
 namespace {
@@ -81,17 +82,7 @@ std::string unique_table()
 /// The test URL with host:port replaced by the proxy's.
 std::string through(const pgco::test::fault_proxy& proxy)
 {
-    auto url = database_url();
-    auto port_at = url.rfind(':');
-    return url.substr(0, port_at + 1) + std::to_string(proxy.port()) +
-           url.substr(url.find('/', port_at));
-}
-
-unsigned short server_port()
-{
-    auto url = database_url();
-    auto port_at = url.rfind(':');
-    return static_cast<unsigned short>(std::stoi(url.substr(port_at + 1)));
+    return pgco::test::url_via_port(proxy.port());
 }
 
 /// Makes COMMIT on `table` take 0.5 s: a deferred constraint trigger sleeps before the commit

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <exception>
 #include <functional>
+#include <stdexcept>
 #include <string>
 
 namespace pgco::test {
@@ -68,6 +69,30 @@ inline boost::asio::awaitable<void> sleep_for(std::chrono::milliseconds d)
 inline std::string url_with(const std::string& params)
 {
     return database_url() + "?" + params;
+}
+
+/// The test server's TCP port (the sandbox URL has the shape
+/// postgresql://user:password@127.0.0.1:port/db).
+inline unsigned short server_port()
+{
+    auto url = database_url();
+    auto at = url.rfind('@');
+    auto colon = url.find(':', at);
+    auto slash = url.find('/', colon);
+    if (at == std::string::npos || colon == std::string::npos || slash == std::string::npos)
+        throw std::runtime_error("unexpected sandbox URL shape");
+    return static_cast<unsigned short>(std::stoi(url.substr(colon + 1, slash - colon - 1)));
+}
+
+/// The test URL with its port replaced by `port` (a proxy in front of the server), and with
+/// `params` (a query string without '?') appended if not empty.
+inline std::string url_via_port(unsigned short port, const std::string& params = {})
+{
+    auto url = database_url();
+    auto colon = url.find(':', url.rfind('@'));
+    auto slash = url.find('/', colon);
+    return url.substr(0, colon + 1) + std::to_string(port) + url.substr(slash) +
+           (params.empty() ? "" : "?" + params);
 }
 
 /// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.

@@ -297,6 +297,23 @@ TEST(config, pgbouncer_flag)
     EXPECT_THROW(pool_options::from_url("postgresql://h/db?pgbouncer=yes"), pgco::error);
 }
 
+TEST(config, max_connecting)
+{
+    EXPECT_EQ(pool_options{}.max_connecting, 2u);
+    auto o = pool_options::from_url("postgresql://h/db?max_connecting=1&connection_limit=4");
+    EXPECT_EQ(o.max_connecting, 1u);
+    EXPECT_EQ(o.conninfo, "postgresql://h/db");
+    EXPECT_EQ(pool_options::from_url("host=h max_connecting=7").max_connecting, 7u);
+    for (auto bad : {"0", "-1", "x", "100001"}) {
+        try {
+            pool_options::from_url(std::string("postgresql://h/db?max_connecting=") + bad);
+            ADD_FAILURE() << "accepted max_connecting=" << bad;
+        } catch (const pgco::error& e) {
+            EXPECT_NE(std::string(e.what()).find("max_connecting"), std::string::npos) << e.what();
+        }
+    }
+}
+
 class config_env : public testing::Test
 {
 protected:
