@@ -7,6 +7,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/dispatch.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/post.hpp>
@@ -23,6 +24,7 @@
 #include <deque>
 #include <mutex>
 #include <random>
+#include <span>
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
@@ -101,12 +103,16 @@ struct event
 
 } // namespace
 
+/// The caller of a multiplexed statement, suspended until its outcome is known: Asio's own
+/// handler for `co_await` on an operation completing with `void(std::exception_ptr)`. Storing it
+/// directly (no channel per statement) saves a lock, a queue and an allocation per statement.
+using mux_handler =
+    asio::async_result<asio::use_awaitable_t<>, void(std::exception_ptr)>::handler_type;
+
 /// A statement waiting to share a connection (multiplexing). Its text and parameters are
 /// copied: the caller may be cancelled, and its frame destroyed, while a batch is being sent.
 struct mux_item
 {
-    explicit mux_item(const asio::any_io_executor& ex) : done(ex, 1) {}
-
     void copy(std::string_view sql, const params_view& p, binary_check binary)
     {
         statement.assign(sql, p);
@@ -117,10 +123,11 @@ struct mux_item
     }
 
     owned_statement statement;
-    batch_entry entry;
+    batch_entry entry; // the outcome, once `finished`
     pool_clock::time_point queued;
-    bool taken = false, abandoned = false; // under pool_state::mu
-    permit_channel done;                   // one message: the outcome is in `entry`
+    // Under pool_state::mu:
+    bool taken = false, abandoned = false, finished = false;
+    std::optional<mux_handler> waiter; // the caller, until finished
 };
 
 struct pooled_entry
@@ -305,12 +312,81 @@ struct pool_state : std::enable_shared_from_this<pool_state>
 
     // ---- multiplexing ----
 
-    static void complete(mux_item& item)
+    /// Marks `item` finished (its outcome is in `entry`, or it was abandoned) and takes its
+    /// caller's handler if the caller still waits. Under `mu`.
+    static void finish_locked(mux_item& item, std::vector<mux_handler>& resume)
     {
-        // As in release_permit: Boost 1.81's channel may refuse try_send after a cancelled
-        // receive; a send still delivers.
-        if (!item.done.try_send(boost::system::error_code{}))
-            item.done.async_send(boost::system::error_code{}, [](boost::system::error_code) {});
+        item.finished = true;
+        if (item.waiter) {
+            resume.push_back(std::move(*item.waiter));
+            item.waiter.reset();
+        }
+    }
+
+    /// Resumes callers whose statements finished: one posted function for all of them rather
+    /// than one wake-up each. Each resumes on its own executor (at once when that is the one
+    /// running the function).
+    void resume_callers(std::vector<mux_handler> handlers)
+    {
+        if (!handlers.empty())
+            asio::post(ex, [handlers = std::move(handlers)]() mutable { resume_now(handlers); });
+    }
+
+    static void resume_now(std::vector<mux_handler>& handlers)
+    {
+        for (std::size_t i = 0; i < handlers.size(); ++i) {
+            try {
+                auto h_ex = asio::get_associated_executor(handlers[i]);
+                asio::dispatch(h_ex, [h = std::move(handlers[i])]() mutable {
+                    std::move(h)(std::exception_ptr{});
+                });
+            } catch (...) {
+                // A completion handler threw (out of io_context::run, as usual): the callers
+                // after it are still resumed, in a function of their own.
+                std::vector<mux_handler> rest(std::make_move_iterator(handlers.begin() + i + 1),
+                                              std::make_move_iterator(handlers.end()));
+                if (!rest.empty()) {
+                    auto rest_ex = asio::get_associated_executor(rest.front());
+                    asio::post(rest_ex, [rest = std::move(rest)]() mutable { resume_now(rest); });
+                }
+                throw;
+            }
+        }
+    }
+
+    /// Completes `items` (outcomes already in their entries).
+    void finish(std::span<const std::shared_ptr<mux_item>> items)
+    {
+        std::vector<mux_handler> resume;
+        resume.reserve(items.size());
+        {
+            std::lock_guard lock(mu);
+            for (auto& item : items)
+                finish_locked(*item, resume);
+        }
+        resume_callers(std::move(resume));
+    }
+
+    /// The caller's cancellation: unless its statement finished already, the caller stops
+    /// waiting at once; the statement, if a runner took it, may still run.
+    void cancel_mux(const std::shared_ptr<mux_item>& item)
+    {
+        std::optional<mux_handler> h;
+        bool sent = false;
+        {
+            std::lock_guard lock(mu);
+            if (item->finished || !item->waiter)
+                return;
+            item->abandoned = true;
+            item->finished = true;
+            sent = item->taken;
+            h.emplace(std::move(*item->waiter));
+            item->waiter.reset();
+        }
+        auto e = std::make_exception_ptr(
+            error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent));
+        auto h_ex = asio::get_associated_executor(*h);
+        asio::post(h_ex, [h = std::move(*h), e]() mutable { std::move(h)(e); });
     }
 
     /// Starts a runner if statements wait and a permit is free. Called after every change that
@@ -368,10 +444,9 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 }
                 if (failed) { // with_permit gave the permit back
                     permit = false;
-                    for (auto& item : batch) {
+                    for (auto& item : batch)
                         item->entry.err = *failed;
-                        complete(*item);
-                    }
+                    s->finish(batch);
                     break;
                 }
             }
@@ -385,6 +460,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 failed = e;
             }
             std::size_t reruns = 0;
+            std::vector<mux_handler> resume;
+            resume.reserve(batch.size());
             {
                 std::lock_guard lock(s->mu);
                 ++s->counters.pipeline_batches;
@@ -392,7 +469,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
                     auto& item = **it;
                     if (failed || item.abandoned) {
-                        item.entry.rerun = false; // completed below
+                        item.entry.rerun = false; // finished below
                     } else if (item.entry.rerun) {
                         item.taken = false;
                         item.queued = pool_clock::now();
@@ -401,13 +478,15 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     }
                 }
                 s->counters.statements_multiplexed += batch.size() - reruns;
+                for (auto& item : batch) {
+                    if (item->entry.rerun)
+                        continue;
+                    if (failed && !item->entry.err && !item->entry.res)
+                        item->entry.err = *failed;
+                    finish_locked(*item, resume);
+                }
             }
-            for (auto& item : batch) {
-                if (failed && !item->entry.err && !item->entry.res)
-                    item->entry.err = *failed;
-                if (!item->entry.rerun)
-                    complete(*item);
-            }
+            s->resume_callers(std::move(resume));
             if (!impl_of(*c).reusable()) {
                 c.release(); // closes it, gives the permit back and kicks
                 co_return;
@@ -458,10 +537,9 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 if (!expired.empty())
                     timeout = s->timeout_error_locked();
             }
-            for (auto& item : expired) {
+            for (auto& item : expired)
                 item->entry.err = *timeout;
-                complete(*item);
-            }
+            s->finish(expired);
         }
     }
 
@@ -472,16 +550,6 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         std::shared_ptr<mux_item> item;
         {
             std::lock_guard lock(s->mu);
-            if (!s->spare_items.empty()) {
-                item = std::move(s->spare_items.back());
-                s->spare_items.pop_back();
-            }
-        }
-        if (!item)
-            item = std::make_shared<mux_item>(s->ex);
-        item->copy(sql, params, binary);
-        {
-            std::lock_guard lock(s->mu);
             if (s->closing)
                 throw_closed();
             if (s->mux_queue.size() >= s->opts.max_waiters)
@@ -489,32 +557,22 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                             "too many statements are waiting for a pooled connection "
                             "(max_waiters=" +
                                 std::to_string(s->opts.max_waiters) + ")");
-            item->queued = pool_clock::now();
-            s->mux_queue.push_back(item);
-            if (s->opts.pool_timeout.count() > 0 && !s->sweeping) {
-                s->sweeping = true;
-                asio::co_spawn(s->ex, sweep(s), asio::detached);
+            if (!s->spare_items.empty()) {
+                item = std::move(s->spare_items.back());
+                s->spare_items.pop_back();
             }
         }
-        s->kick_mux();
-
-        // pool_timeout is the sweeper's: one timer for the whole queue, not one per statement.
-        bool cancelled = false;
+        if (!item)
+            item = std::make_shared<mux_item>();
+        item->copy(sql, params, binary);
         try {
-            auto [ec] = co_await item->done.async_receive(use_tuple);
-            cancelled = static_cast<bool>(ec);
+            co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
+                [&s, &item](mux_handler handler) { s->enqueue(item, std::move(handler)); },
+                asio::use_awaitable);
         } catch (const boost::system::system_error&) {
-            // co_await throws instead of waiting when cancellation was requested in between.
-            cancelled = true;
-        }
-        if (cancelled) {
-            bool sent;
-            {
-                std::lock_guard lock(s->mu);
-                item->abandoned = true;
-                sent = item->taken;
-            }
-            throw error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent);
+            // co_await throws instead of waiting when cancellation was requested before: the
+            // statement was never queued.
+            throw error(errc::cancelled, "the query was cancelled");
         }
         std::optional<error> failed = std::move(item->entry.err);
         std::optional<result> res = std::move(item->entry.res);
@@ -526,13 +584,48 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         co_return std::move(*res);
     }
 
-    /// Keeps a finished item (its channel drained) for the next statement: constructing a
-    /// channel costs more than the rest of queueing.
+    /// Queues `item` with the handler that resumes its caller, in one step, so that a runner on
+    /// another thread never finds one without the other. pool_timeout is the sweeper's: one
+    /// timer for the whole queue, not one per statement.
+    void enqueue(const std::shared_ptr<mux_item>& item, mux_handler handler)
+    {
+        // Connected before the item is visible to runners: the slot belongs to the caller's
+        // coroutine, which may go on (and use it) as soon as a runner finishes the item.
+        auto slot = asio::get_associated_cancellation_slot(handler);
+        if (slot.is_connected())
+            slot.assign([w = weak_from_this(), item](asio::cancellation_type) {
+                if (auto self = w.lock())
+                    self->cancel_mux(item);
+            });
+        {
+            std::unique_lock lock(mu);
+            if (!closing) {
+                item->queued = pool_clock::now();
+                item->waiter.emplace(std::move(handler));
+                mux_queue.push_back(item);
+                if (opts.pool_timeout.count() > 0 && !sweeping) {
+                    sweeping = true;
+                    asio::co_spawn(ex, sweep(shared_from_this()), asio::detached);
+                }
+                lock.unlock();
+                kick_mux();
+                return;
+            }
+        }
+        auto e = std::make_exception_ptr(error(errc::pool_closed, "the pool is closed"));
+        auto h_ex = asio::get_associated_executor(handler);
+        asio::post(h_ex, [h = std::move(handler), e]() mutable { std::move(h)(e); });
+    }
+
+    /// Keeps a finished item for the next statement. Not an abandoned one: the queue or a
+    /// runner may still hold it.
     void recycle(std::shared_ptr<mux_item> item)
     {
         item->entry = batch_entry{};
         std::lock_guard lock(mu);
-        item->taken = item->abandoned = false;
+        if (item->abandoned)
+            return;
+        item->taken = item->finished = false;
         if (spare_items.size() < 1024)
             spare_items.push_back(std::move(item));
     }
@@ -995,10 +1088,12 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             std::lock_guard lock(mu);
             queued.swap(mux_queue);
         }
+        std::vector<std::shared_ptr<mux_item>> closed_items;
         for (auto& item : queued) {
             item->entry.err = error(errc::pool_closed, "the pool is closed");
-            complete(*item);
+            closed_items.push_back(std::move(item));
         }
+        finish(closed_items);
         permits.close(); // wakes every waiter; they find the pool closed
         connect_slots.close();
         for (auto& e : closing_idle)
