@@ -395,9 +395,9 @@ asio::awaitable<void> flush_output(connection_impl& c, std::optional<asio::stead
                 f.lost = trimmed(PQerrorMessage(c.conn));
                 co_return;
             }
-            // Waits for writability are rare (a request larger than the socket buffer) and
-            // can lose an edge in a multi-threaded reactor the same way reads could; a short
-            // timer bounds that case instead of a peek, which has no equivalent for writing.
+            // Waits for writability are rare (a request larger than the socket buffer). A
+            // short timer makes PQflush try again now and then as well, a cheap guard against
+            // a wake-up that never comes.
             if (deadline && deadline->expiry() <= asio::steady_timer::clock_type::now()) {
                 f.timed_out = true;
                 co_return;
@@ -432,7 +432,7 @@ asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_
     try {
         boost::system::error_code ec;
         if (deadline) {
-            auto [order, read_ec, n, timer_ec] =
+            auto [order, read_ec, timer_ec] =
                 co_await asio::experimental::make_parallel_group(
                     c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred))
                     .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
@@ -442,7 +442,7 @@ asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_
             }
             ec = read_ec;
         } else {
-            auto [read_ec, n] = co_await c.async_wait_readable(use_tuple);
+            auto [read_ec] = co_await c.async_wait_readable(use_tuple);
             ec = read_ec;
         }
         if (detail::readable_anyway(ec))
@@ -519,74 +519,79 @@ error server_error_of(const PGresult* r, bool sent)
 // Sends what libpq still buffers, then reads every result of the current request. Returns the
 // last result, or throws the first error. With `keep == false` results are discarded (used to
 // finish a cancelled request).
-asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, bool keep)
+/// What reading one request's results has collected so far.
+struct request_state
 {
-    connection_impl& c = *self;
-    auto deadline = make_deadline(c);
+    request_state(connection_impl& c, bool keep_result)
+        : keep(keep_result), pipeline(PQpipelineStatus(c.conn) != PQ_PIPELINE_OFF)
+    {}
+    request_state(const request_state&) = delete;
+    request_state& operator=(const request_state&) = delete;
+    ~request_state() { PQclear(first_error); }
+
+    bool keep;              // the caller wants the result (not a cancelled request's leftovers)
+    bool pipeline;          // a cancelled pipeline (see run_pipeline) ends with its Sync
+    bool flushed = false;   // all of the request reached the socket
+    bool read_once = false; // the read right after sending was made
+    bool completed = false; // the server reported the statement complete
     result last;
     PGresult* first_error = nullptr;
-    bool completed = false; // the server reported the statement complete
-    io_failure f;
-    // A cancelled pipeline (see run_pipeline) ends with its Sync, not with the first null.
-    bool pipeline = PQpipelineStatus(c.conn) != PQ_PIPELINE_OFF;
-    co_await flush_output(c, deadline, f);
-    // With the server on the same CPU the answer is often there already: one read by libpq
-    // then saves the wait (a peek, and often epoll_wait) on the way.
-    if (!f && keep && PQisBusy(c.conn))
-        PQconsumeInput(c.conn);
-    while (!f) {
-        while (!PQisBusy(c.conn)) {
-            PGresult* r = PQgetResult(c.conn);
-            if (!r) {
-                if (pipeline && PQstatus(c.conn) != CONNECTION_BAD)
-                    continue; // the end of one command's results
-                goto done;
-            }
-            switch (PQresultStatus(r)) {
-            case PGRES_PIPELINE_SYNC:
-                PQclear(r);
-                PQexitPipelineMode(c.conn);
-                goto done;
-            case PGRES_FATAL_ERROR:
-                if (!first_error) {
-                    first_error = r;
-                    r = nullptr;
-                }
-                break;
-            case PGRES_COPY_IN:
-            case PGRES_COPY_OUT:
-            case PGRES_COPY_BOTH:
-                PQclear(r);
-                PQclear(first_error);
-                c.close();
-                throw error(errc::client_failure,
-                            "COPY is not supported by pgco; the connection was closed");
-            default:
-                completed = true;
-                if (keep) {
-                    last = result(r);
-                    r = nullptr;
-                }
-            }
-            PQclear(r);
-        }
-        co_await read_input(c, deadline, f);
-    }
-    PQclear(first_error);
-    throw_io_failure(c, f, true);
+};
 
-done:
+/// Takes every result libpq has ready, without waiting. True once the request is over.
+bool take_ready_results(connection_impl& c, request_state& st)
+{
+    while (!PQisBusy(c.conn)) {
+        PGresult* r = PQgetResult(c.conn);
+        if (!r) {
+            if (st.pipeline && PQstatus(c.conn) != CONNECTION_BAD)
+                continue; // the end of one command's results
+            return true;
+        }
+        switch (PQresultStatus(r)) {
+        case PGRES_PIPELINE_SYNC:
+            PQclear(r);
+            PQexitPipelineMode(c.conn);
+            return true;
+        case PGRES_FATAL_ERROR:
+            if (!st.first_error) {
+                st.first_error = r;
+                r = nullptr;
+            }
+            break;
+        case PGRES_COPY_IN:
+        case PGRES_COPY_OUT:
+        case PGRES_COPY_BOTH:
+            PQclear(r);
+            c.close();
+            throw error(errc::client_failure,
+                        "COPY is not supported by pgco; the connection was closed");
+        default:
+            st.completed = true;
+            if (st.keep) {
+                st.last = result(r);
+                r = nullptr;
+            }
+        }
+        PQclear(r);
+    }
+    return false;
+}
+
+/// The outcome of a request that is over: its result, or the error the server reported.
+result request_outcome(connection_impl& c, request_state& st)
+{
     c.unfinished = false;
-    if (first_error && !keep) {
+    std::unique_ptr<PGresult, decltype(&PQclear)> first_error(
+        std::exchange(st.first_error, nullptr), &PQclear);
+    if (first_error && !st.keep) {
         // The cancelled request's own error (57014) is expected; only a dead link matters.
-        PQclear(first_error);
         if (PQstatus(c.conn) == CONNECTION_BAD)
             throw_connection_lost(c, {});
-        co_return last;
+        return std::move(st.last);
     }
     if (first_error) {
-        std::unique_ptr<PGresult, decltype(&PQclear)> holder(first_error, &PQclear);
-        error e = server_error_of(first_error, c.request_sent);
+        error e = server_error_of(first_error.get(), c.request_sent);
         if (PQstatus(c.conn) == CONNECTION_BAD) {
             c.close();
             error lost(errc::connection_lost,
@@ -596,12 +601,57 @@ done:
             // the statement was aborted. With "complete" first, the commit at Sync may or may
             // not have happened before the session ended; and an error libpq made up itself
             // (no SQLSTATE: end of file, reset) means the answer was simply lost.
-            lost.set_maybe_applied(e.request_sent() && (completed || e.sqlstate().empty()));
+            lost.set_maybe_applied(e.request_sent() && (st.completed || e.sqlstate().empty()));
             throw lost;
         }
         throw e;
     }
-    co_return last;
+    return std::move(st.last);
+}
+
+/// The common case without a coroutine frame: with the server on the same host the answer is
+/// often there by the time the request is sent. Sends, reads once, and takes the results.
+/// True if that finished the request (then `request_outcome` has it); otherwise, including
+/// on any failure, `complete_request` carries on from where this stopped.
+bool try_complete_now(connection_impl& c, request_state& st)
+{
+    if (PQflush(c.conn) != 0)
+        return false;
+    st.flushed = true;
+    if (PQisBusy(c.conn)) {
+        st.read_once = true;
+        if (!PQconsumeInput(c.conn))
+            return false;
+    }
+    return take_ready_results(c, st);
+}
+
+/// Reads the results of the request just sent (or left unfinished by a cancellation), waiting
+/// as needed; throws what went wrong.
+asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, request_state& st)
+{
+    connection_impl& c = *self;
+    auto deadline = make_deadline(c);
+    io_failure f;
+    if (!st.flushed)
+        co_await flush_output(c, deadline, f);
+    // With the server on the same CPU the answer is often there already: one read by libpq
+    // then saves registering a wait and epoll_wait.
+    if (!f && st.keep && !st.read_once && PQisBusy(c.conn))
+        PQconsumeInput(c.conn);
+    while (!f) {
+        if (take_ready_results(c, st))
+            co_return request_outcome(c, st);
+        co_await read_input(c, deadline, f);
+    }
+    throw_io_failure(c, f, true);
+}
+
+/// Reads what is left of a request cancelled earlier, so that the connection can be used.
+asio::awaitable<void> finish_unfinished(std::shared_ptr<connection_impl> self)
+{
+    request_state st(*self, false);
+    co_await complete_request(self, st);
 }
 
 // The result column types a Describe reported.
@@ -914,86 +964,13 @@ asio::awaitable<void> run_batch(std::shared_ptr<connection_impl> self,
     ensure_usable(self);
     busy_guard guard(*self);
     if (self->unfinished)
-        co_await complete_request(self, false);
+        co_await finish_unfinished(self);
     if (self->doomed)
         throw_connection_lost(*self, "the server terminated the session");
     co_await run_pipeline(self, entries);
 }
 
 } // namespace detail
-
-namespace {
-
-// Runs one statement, through the statement cache where it applies.
-asio::awaitable<result> run_statement(std::shared_ptr<connection_impl> self, std::string_view sql,
-                                      detail::params_view params, detail::binary_check binary)
-{
-    connection_impl& c = *self;
-    if (c.cache.capacity > 0 && detail::shareable_statement(sql)) {
-        detail::statement_key(c.sql, sql, params);
-        auto it = c.cache.find(c.sql);
-        if (it != c.cache.end() && it->prepared && c.cache.evicted.empty()) {
-            // The common case: one Bind/Execute/Sync of a statement the server knows.
-            int format = result_format(*it, binary);
-            if (!PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
-                                     params.lengths, params.formats, format)) {
-                if (PQstatus(c.conn) == CONNECTION_BAD)
-                    throw_connection_lost(c, {});
-                throw error(errc::client_failure,
-                            "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
-            }
-            c.request_sent = true;
-            std::optional<error> stale;
-            try {
-                co_return co_await complete_request(self, true);
-            } catch (const error& e) {
-                if (e.code() != errc::server_error || !is_cache_invalidation(e.sqlstate()) ||
-                    !c.conn || PQtransactionStatus(c.conn) != PQTRANS_IDLE)
-                    throw;
-                stale = e;
-            }
-            // Nothing ran (the server rejected the statement itself): prepare it afresh.
-            logger()->debug("Prepared statement invalidated ({}); preparing it again",
-                            stale->sqlstate());
-            if (auto again = c.cache.find(c.sql); again != c.cache.end())
-                c.cache.erase(again);
-        }
-        // First sight (or after invalidation): Parse, Describe and Execute in one round trip.
-        detail::batch_entry entry;
-        entry.key = c.sql;
-        entry.sql_length = sql.size();
-        entry.params = params;
-        entry.binary = binary;
-        detail::batch_entry* one[] = {&entry};
-        for (int round = 0; round < 3; ++round) {
-            co_await run_pipeline(self, one);
-            if (entry.err)
-                throw *entry.err;
-            if (entry.res)
-                co_return std::move(*entry.res);
-        }
-        throw error(errc::client_failure, "the statement could not be prepared");
-    }
-    c.sql.assign(sql);
-    if (!PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
-                           params.lengths, params.formats, 0)) {
-        // Nothing reached the server in a form it could run: without the closing Sync message
-        // an extended-protocol statement is never executed.
-        if (PQstatus(c.conn) == CONNECTION_BAD)
-            throw_connection_lost(c, {});
-        throw error(errc::client_failure,
-                    "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
-    }
-    c.request_sent = true;
-    auto res = co_await complete_request(self, true);
-    // Statements that drop every prepared statement of the session.
-    auto tag = res.command_status();
-    if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL")
-        c.cache.clear();
-    co_return res;
-}
-
-} // namespace
 
 connection::connection(executor_type ex) : impl_(std::make_shared<connection_impl>(std::move(ex)))
 {}
@@ -1118,12 +1095,85 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
     ensure_usable(self);
     busy_guard guard(*self);
     if (self->unfinished)
-        co_await complete_request(self, false);
+        co_await finish_unfinished(self);
 
     self->request_sent = false;
     if (self->doomed) // the server said it is closing this session: nothing can reach it
         throw_connection_lost(*self, "the server terminated the session");
-    co_return co_await run_statement(self, sql, params, binary);
+
+    // Through the statement cache where it applies. One coroutine for all of it: each nested
+    // one would cost a frame and a resumption per query.
+    connection_impl& c = *self;
+    if (c.cache.capacity > 0 && detail::shareable_statement(sql)) {
+        detail::statement_key(c.sql, sql, params);
+        auto it = c.cache.find(c.sql);
+        if (it != c.cache.end() && it->prepared && c.cache.evicted.empty()) {
+            // The common case: one Bind/Execute/Sync of a statement the server knows.
+            int format = result_format(*it, binary);
+            if (!PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
+                                     params.lengths, params.formats, format)) {
+                if (PQstatus(c.conn) == CONNECTION_BAD)
+                    throw_connection_lost(c, {});
+                throw error(errc::client_failure,
+                            "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
+            }
+            c.request_sent = true;
+            std::optional<error> stale;
+            try {
+                request_state st(c, true);
+                if (try_complete_now(c, st))
+                    co_return request_outcome(c, st);
+                co_return co_await complete_request(self, st);
+            } catch (const error& e) {
+                if (e.code() != errc::server_error || !is_cache_invalidation(e.sqlstate()) ||
+                    !c.conn || PQtransactionStatus(c.conn) != PQTRANS_IDLE)
+                    throw;
+                stale = e;
+            }
+            // Nothing ran (the server rejected the statement itself): prepare it afresh.
+            logger()->debug("Prepared statement invalidated ({}); preparing it again",
+                            stale->sqlstate());
+            if (auto again = c.cache.find(c.sql); again != c.cache.end())
+                c.cache.erase(again);
+        }
+        // First sight (or after invalidation): Parse, Describe and Execute in one round trip.
+        detail::batch_entry entry;
+        entry.key = c.sql;
+        entry.sql_length = sql.size();
+        entry.params = params;
+        entry.binary = binary;
+        detail::batch_entry* one[] = {&entry};
+        for (int round = 0; round < 3; ++round) {
+            co_await run_pipeline(self, one);
+            if (entry.err)
+                throw *entry.err;
+            if (entry.res)
+                co_return std::move(*entry.res);
+        }
+        throw error(errc::client_failure, "the statement could not be prepared");
+    }
+    c.sql.assign(sql);
+    if (!PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
+                           params.lengths, params.formats, 0)) {
+        // Nothing reached the server in a form it could run: without the closing Sync message
+        // an extended-protocol statement is never executed.
+        if (PQstatus(c.conn) == CONNECTION_BAD)
+            throw_connection_lost(c, {});
+        throw error(errc::client_failure,
+                    "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
+    }
+    c.request_sent = true;
+    request_state st(c, true);
+    result res;
+    if (try_complete_now(c, st))
+        res = request_outcome(c, st);
+    else
+        res = co_await complete_request(self, st);
+    // Statements that drop every prepared statement of the session.
+    auto tag = res.command_status();
+    if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL")
+        c.cache.clear();
+    co_return res;
 }
 
 asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
@@ -1132,7 +1182,7 @@ asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
     ensure_usable(self);
     busy_guard guard(*self);
     if (self->unfinished)
-        co_await complete_request(self, false);
+        co_await finish_unfinished(self);
     self->request_sent = false;
     if (self->doomed)
         throw_connection_lost(*self, "the server terminated the session");

@@ -197,26 +197,23 @@ struct connection_impl
         sock.assign(socket_type::protocol_type(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd);
     }
 
-    /// Completes when data (or EOF, or an error) can be read, without consuming anything:
-    /// libpq does the reading.
+    /// Completes (with `void(error_code)`) when data, EOF or an error can be read, without
+    /// reading anything: libpq does the reading.
     ///
-    /// Why a one-byte MSG_PEEK receive and not `async_wait(wait_read)`: Asio's epoll reactor is
-    /// edge-triggered and never tries a wait speculatively, so when another thread's reactor
-    /// run sees the socket turn readable between libpq's last read and the registration of the
-    /// wait, the edge is consumed with no operation queued and the wait never ends. A receive
-    /// is tried speculatively under the reactor's descriptor lock, which closes that window.
+    /// A wait, not a one-byte MSG_PEEK receive: the receive was tried at once (and failed, as
+    /// libpq's own read just did) and again when the reactor saw the socket readable, two
+    /// system calls per wait that a wait does not make. Nor can a wait miss an edge of Asio's
+    /// edge-triggered epoll reactor when another thread's run sees the socket turn readable
+    /// first: Boost 1.81 starts every non-speculative operation with EPOLL_CTL_MOD, which makes
+    /// the kernel report a socket that is readable already.
     template <class Token>
     auto async_wait_readable(Token&& token)
     {
-        return sock.async_receive(boost::asio::buffer(&peek_byte, 1),
-                                  boost::asio::socket_base::message_peek,
-                                  std::forward<Token>(token));
+        return sock.async_wait(boost::asio::socket_base::wait_read, std::forward<Token>(token));
     }
-
-    char peek_byte = 0;
 };
 
-/// Errors from `async_wait_readable` that still mean "go and ask libpq".
+/// Errors from a wait for input that still mean "go and ask libpq".
 inline bool readable_anyway(const boost::system::error_code& ec)
 {
     return ec == boost::asio::error::eof || ec == boost::asio::error::connection_reset ||

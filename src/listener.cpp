@@ -510,7 +510,7 @@ next_impl(std::shared_ptr<listener_state> sp, std::optional<std::chrono::millise
             // A command that waited while this wait was busy (reconnecting) may go ahead now.
             s.next_waiting = true;
             s.wake();
-            auto [order, read_ec, n, signal_ec, deadline_ec] =
+            auto [order, read_ec, signal_ec, deadline_ec] =
                 co_await asio::experimental::make_parallel_group(
                     impl.async_wait_readable(asio::deferred), s.signal.async_wait(asio::deferred),
                     deadline.async_wait(asio::deferred))

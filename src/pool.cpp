@@ -231,7 +231,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         e.watch = ++next_watch;
         e.armed = true;
         impl.async_wait_readable(
-            [w = weak_from_this(), gen = e.watch](boost::system::error_code ec, std::size_t) {
+            [w = weak_from_this(), gen = e.watch](boost::system::error_code ec) {
                 if (auto self = w.lock())
                     self->on_idle_input(gen, ec);
             });
