@@ -544,44 +544,43 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     }
 
     /// A statement for the queue: waits until a runner has run it.
-    static asio::awaitable<result> multiplexed(std::shared_ptr<pool_state> s, std::string_view sql,
-                                               params_view params, binary_check binary)
+    /// An item for a statement to be multiplexed (see `retry_loop::run`), with the
+    /// statement copied into it. Throws if the pool is closed or too many statements wait.
+    std::shared_ptr<mux_item> prepare_item(std::string_view sql, const params_view& params,
+                                           binary_check binary)
     {
         std::shared_ptr<mux_item> item;
         {
-            std::lock_guard lock(s->mu);
-            if (s->closing)
+            std::lock_guard lock(mu);
+            if (closing)
                 throw_closed();
-            if (s->mux_queue.size() >= s->opts.max_waiters)
+            if (mux_queue.size() >= opts.max_waiters)
                 throw error(errc::pool_exhausted,
                             "too many statements are waiting for a pooled connection "
                             "(max_waiters=" +
-                                std::to_string(s->opts.max_waiters) + ")");
-            if (!s->spare_items.empty()) {
-                item = std::move(s->spare_items.back());
-                s->spare_items.pop_back();
+                                std::to_string(opts.max_waiters) + ")");
+            if (!spare_items.empty()) {
+                item = std::move(spare_items.back());
+                spare_items.pop_back();
             }
         }
         if (!item)
             item = std::make_shared<mux_item>();
         item->copy(sql, params, binary);
-        try {
-            co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr)>(
-                [&s, &item](mux_handler handler) { s->enqueue(item, std::move(handler)); },
-                asio::use_awaitable);
-        } catch (const boost::system::system_error&) {
-            // co_await throws instead of waiting when cancellation was requested before: the
-            // statement was never queued.
-            throw error(errc::cancelled, "the query was cancelled");
-        }
+        return item;
+    }
+
+    /// The outcome of a finished item; keeps the item for reuse.
+    result take_outcome(std::shared_ptr<mux_item> item)
+    {
         std::optional<error> failed = std::move(item->entry.err);
         std::optional<result> res = std::move(item->entry.res);
-        s->recycle(std::move(item));
+        recycle(std::move(item));
         if (failed)
             throw *failed;
         if (!res)
             throw error(errc::client_failure, "the statement's batch ended without its result");
-        co_return std::move(*res);
+        return std::move(*res);
     }
 
     /// Queues `item` with the handler that resumes its caller, in one step, so that a runner on
@@ -1347,8 +1346,22 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
             logger()->info("Retrying query after reconnection...");
         // A connection of its own when one is free at once: no batching delay for a lone
         // caller. Otherwise share.
-        if (!s->permits.try_receive([](auto) {}))
-            co_return co_await pool_state::multiplexed(s, sql, params, binary);
+        if (!s->permits.try_receive([](auto) {})) {
+            // Queued for a runner, in this coroutine rather than a nested one: a frame and a
+            // resumption less per statement.
+            auto item = s->prepare_item(sql, params, binary);
+            try {
+                co_await asio::async_initiate<decltype(asio::use_awaitable),
+                                              void(std::exception_ptr)>(
+                    [&s, &item](mux_handler handler) { s->enqueue(item, std::move(handler)); },
+                    asio::use_awaitable);
+            } catch (const boost::system::system_error&) {
+                // co_await throws instead of waiting when cancellation was requested before:
+                // the statement was never queued.
+                throw error(errc::cancelled, "the query was cancelled");
+            }
+            co_return s->take_outcome(std::move(item));
+        }
         auto now = pool_clock::now();
         auto deadline = s->opts.pool_timeout.count() > 0 ? now + s->opts.pool_timeout
                                                          : pool_clock::time_point::max();
