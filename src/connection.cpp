@@ -1238,11 +1238,13 @@ void owned_statement::assign(std::string_view sql, const params_view& p)
     types.assign(p.types, p.types + n);
     lengths.assign(p.lengths, p.lengths + n);
     formats.assign(p.formats, p.formats + n);
-    values.assign(n, std::string());
-    is_null.assign(n, char(0));
+    // Resized, not reassigned: a reused item keeps its strings' buffers.
+    values.resize(n);
+    is_null.resize(n);
     for (std::size_t i = 0; i < n; ++i) {
-        if (!p.values[i]) {
-            is_null[i] = 1;
+        is_null[i] = p.values[i] == nullptr;
+        if (is_null[i]) {
+            values[i].clear();
             continue;
         }
         // Text parameters end at their NUL; binary ones have a length.
