@@ -1,6 +1,7 @@
 // Throughput and client CPU per query: pgco beside raw libpq, in one process and one run.
 //
-//   pgco_bench --url URL [--workload W1,W2,W3|all] [--driver pgco,libpq,libpq_prepared|all]
+//   pgco_bench --url URL [--workload W1,W2,W3|all]
+//              [--driver pgco,libpq,libpq_prepared,pgco_batch|all]
 //              [--queries 20000] [--w2-queries 100000] [--w3-queries 200000] [--repeat 5]
 //              [--no-warmup] [--w3-window 256] [--w3-sync-every 100]
 //
@@ -16,10 +17,13 @@
 //
 // Drivers: `pgco`; `libpq`, the unnamed statement (PQexecParams, PQsendQueryParams: the server
 // parses and plans every query); `libpq_prepared`, a named prepared statement made once per
-// connection before the clock starts (PQexecPrepared, PQsendQueryPrepared).
+// connection before the clock starts (PQexecPrepared, PQsendQueryPrepared). In W3 only,
+// `pgco_batch`: one coroutine sending `--w3-sync-every` statements at a time through
+// `pool.pipeline` (pgco's explicit batch API), for comparison with the callers of `pgco`.
 //
 // Prints one JSON object per line: every run of every driver, then the medians and the
-// pgco / libpq_prepared and pgco / libpq ratios. Drivers alternate run by run so that drift
+// pgco / libpq_prepared and pgco / libpq ratios ("stat":"ratio"; pgco_batch's are
+// "stat":"ratio_batch"). Drivers alternate run by run so that drift
 // on a shared machine affects all alike. `--driver pgco --repeat 1 --no-warmup` runs one
 // driver once, nothing else (scripts/callgrind counts its instructions).
 
@@ -505,6 +509,32 @@ measurement w3_pgco(const pgco::pool_options& opts, long queries)
     return pool_workload("W3", opts, 1, w3_tasks, queries, query);
 }
 
+/// W3 through pgco's explicit batch API instead of concurrent callers: one coroutine sends
+/// `per_batch` statements at a time with `pool.pipeline` (one round trip, one Sync each), the
+/// shape of the libpq_prepared driver. For comparison; the W3 target is for callers.
+measurement w3_pgco_batch(const pgco::pool_options& opts, long queries, long per_batch)
+{
+    long batches = (queries + per_batch - 1) / per_batch;
+    pgco::batch b; // reused: its statements keep their buffers
+    auto query = [&b, queries, per_batch](pgco::pool& pool, long n) -> asio::awaitable<void> {
+        long first = n * per_batch;
+        long end = std::min(queries, first + per_batch);
+        b.clear();
+        for (long i = first; i < end; ++i)
+            b.add(w3_sql, w3_value(i));
+        auto results = co_await pool.pipeline(b);
+        for (long i = first; i < end; ++i) {
+            int got = results[static_cast<std::size_t>(i - first)].row_as<int>(0);
+            if (got != w3_value(i))
+                throw std::runtime_error("pgco W3 batch returned " + std::to_string(got) + " for " +
+                                         std::to_string(w3_value(i)));
+        }
+    };
+    auto m = pool_workload("W3", opts, 1, 1, batches, query);
+    m.queries = queries;
+    return m;
+}
+
 // ---- output ----
 
 void print(const char* workload, const std::string& driver, const measurement& m, const char* stat,
@@ -563,17 +593,20 @@ void compare(const char* workload, int repeat, bool warmup, const std::vector<dr
         medians[d.name] = median(runs[d.name]);
         print(workload, d.name, medians[d.name], "median", 0);
     }
-    if (!medians.count("pgco"))
-        return;
-    const auto& ours = medians["pgco"];
-    for (const char* baseline : {"libpq_prepared", "libpq"}) {
-        if (!medians.count(baseline))
+    // "ratio" lines are pgco's; the explicit-batch driver's are "ratio_batch".
+    for (const char* driver : {"pgco", "pgco_batch"}) {
+        if (!medians.count(driver))
             continue;
-        const auto& base = medians[baseline];
-        std::printf("{\"workload\":\"%s\",\"stat\":\"ratio\",\"baseline\":\"%s\","
-                    "\"qps_ratio\":%.3f,\"cpu_ratio\":%.3f,\"repeat\":%d}\n",
-                    workload, baseline, base.seconds / ours.seconds,
-                    ours.cpu_seconds / base.cpu_seconds, repeat);
+        const auto& ours = medians[driver];
+        for (const char* baseline : {"libpq_prepared", "libpq"}) {
+            if (!medians.count(baseline))
+                continue;
+            const auto& base = medians[baseline];
+            std::printf("{\"workload\":\"%s\",\"stat\":\"%s\",\"baseline\":\"%s\","
+                        "\"qps_ratio\":%.3f,\"cpu_ratio\":%.3f,\"repeat\":%d}\n",
+                        workload, std::string(driver) == "pgco" ? "ratio" : "ratio_batch", baseline,
+                        base.seconds / ours.seconds, ours.cpu_seconds / base.cpu_seconds, repeat);
+        }
     }
     std::fflush(stdout);
 }
@@ -598,7 +631,8 @@ std::set<std::string> parse_list(const std::string& text, const std::set<std::st
 int usage()
 {
     std::fprintf(stderr, "usage: pgco_bench --url URL [--workload W1,W2,W3|all] "
-                         "[--driver pgco,libpq,libpq_prepared|all] [--queries N] [--w2-queries N] "
+                         "[--driver pgco,libpq,libpq_prepared,pgco_batch|all] [--queries N] "
+                         "[--w2-queries N] "
                          "[--w3-queries N] [--repeat N] [--no-warmup] [--w3-window N] "
                          "[--w3-sync-every N]\n");
     return 2;
@@ -658,7 +692,8 @@ int main(int argc, char** argv)
     std::set<std::string> workloads, drivers;
     try {
         workloads = parse_list(workload_list, {"W1", "W2", "W3"}, "workload");
-        drivers = parse_list(driver_list, {"pgco", "libpq", "libpq_prepared"}, "driver");
+        drivers =
+            parse_list(driver_list, {"pgco", "libpq", "libpq_prepared", "pgco_batch"}, "driver");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "%s\n", e.what());
         return usage();
@@ -702,13 +737,16 @@ int main(int argc, char** argv)
         }
         if (workloads.count("W3")) {
             long warm = w3_queries / 10 + 1;
-            compare("W3", repeat, warmup,
-                    pick({{"libpq", [&] { return w3_libpq(ci, w3_queries, false, w3); },
-                           [&] { w3_libpq(ci, warm, false, w3); }},
-                          {"libpq_prepared", [&] { return w3_libpq(ci, w3_queries, true, w3); },
-                           [&] { w3_libpq(ci, warm, true, w3); }},
-                          {"pgco", [&] { return w3_pgco(opts, w3_queries); },
-                           [&] { w3_pgco(opts, warm); }}}));
+            compare(
+                "W3", repeat, warmup,
+                pick({{"libpq", [&] { return w3_libpq(ci, w3_queries, false, w3); },
+                       [&] { w3_libpq(ci, warm, false, w3); }},
+                      {"libpq_prepared", [&] { return w3_libpq(ci, w3_queries, true, w3); },
+                       [&] { w3_libpq(ci, warm, true, w3); }},
+                      {"pgco", [&] { return w3_pgco(opts, w3_queries); },
+                       [&] { w3_pgco(opts, warm); }},
+                      {"pgco_batch", [&] { return w3_pgco_batch(opts, w3_queries, w3.sync_every); },
+                       [&] { w3_pgco_batch(opts, warm, w3.sync_every); }}}));
         }
     } catch (const std::exception& e) {
         std::fprintf(stderr, "benchmark failed: %s\n", e.what());
