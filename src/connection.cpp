@@ -914,6 +914,16 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
 
 namespace detail {
 
+void check_sql_text(std::string_view sql)
+{
+    // libpq takes the text as a C string: it would silently run only what comes before the
+    // NUL ("UPDATE t SET x = 1\0 WHERE id = 5" would update every row).
+    if (auto at = sql.find('\0'); at != std::string_view::npos)
+        throw error(errc::invalid_parameter,
+                    "the SQL text contains a NUL byte at offset " + std::to_string(at) +
+                        "; a PostgreSQL statement cannot contain one, and nothing was sent");
+}
+
 void statement_key(std::string& out, std::string_view sql, const params_view& params)
 {
     out.assign(sql);
@@ -1091,6 +1101,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
 asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params,
                                                 detail::binary_check binary)
 {
+    detail::check_sql_text(sql);
     auto self = impl_;
     ensure_usable(self);
     busy_guard guard(*self);
@@ -1232,6 +1243,7 @@ namespace detail {
 
 void owned_statement::assign(std::string_view sql, const params_view& p)
 {
+    check_sql_text(sql);
     statement_key(key, sql, p);
     sql_length = sql.size();
     auto n = static_cast<std::size_t>(p.count);

@@ -115,6 +115,10 @@ struct batch_entry
     unsigned reprepared = 0;
 };
 
+/// Throws `errc::invalid_parameter` if `sql` contains a NUL byte, which libpq would take for
+/// the end of the statement.
+void check_sql_text(std::string_view sql);
+
 /// `sql` + NUL + the parameter types, into `out` (reusing its buffer).
 void statement_key(std::string& out, std::string_view sql, const params_view& params);
 

@@ -32,7 +32,7 @@ public:
         case errc::invalid_configuration:
             return "invalid configuration";
         case errc::invalid_parameter:
-            return "invalid query parameter";
+            return "invalid statement or query parameter";
         case errc::column_count_mismatch:
             return "the result's column count does not match the row type";
         case errc::type_mismatch:

@@ -53,12 +53,15 @@ struct owned_statement
 class batch
 {
 public:
-    /// Appends a statement with bound parameters.
+    /// Appends a statement with bound parameters. Throws `errc::invalid_parameter` (and adds
+    /// nothing) for a value that cannot be sent or SQL text with a NUL byte.
     template <class... Params>
     batch& add(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        statements_.emplace_back().assign(sql, pack.view());
+        detail::owned_statement statement;
+        statement.assign(sql, pack.view()); // may throw: the batch is then left as it was
+        statements_.push_back(std::move(statement));
         return *this;
     }
 

@@ -29,7 +29,8 @@ enum class errc
     connection_busy,
     /// A configuration value (URL, parameter, environment variable) is malformed.
     invalid_configuration,
-    /// A parameter value cannot be sent (for example text containing a NUL byte).
+    /// A statement or parameter value cannot be sent (for example text containing a NUL
+    /// byte); nothing was sent.
     invalid_parameter,
     /// The result has a different number of columns than the row type has fields.
     column_count_mismatch,

@@ -923,6 +923,59 @@ TEST(mux, statement_deallocated_behind_pgcos_back_is_prepared_again_in_a_batch)
         10s);
 }
 
+TEST(batch, sql_text_with_a_nul_byte_is_refused_everywhere_and_nothing_runs)
+{
+    // libpq would run only the text before the NUL: here, an UPDATE of every row.
+    const auto table = cm_unique("nul_sql");
+    run(
+        [&]() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            auto admin = co_await connected();
+            co_await admin.exec("CREATE TABLE " + table + " AS SELECT g AS id, 0 AS x FROM " +
+                                "generate_series(1, 3) g");
+            const std::string text = "UPDATE " + table + " SET x = 1";
+            const std::string bad = text + std::string(1, '\0') + " WHERE id = 2";
+            auto check = [&](const pgco::error& e) {
+                EXPECT_EQ(e.code(), pgco::errc::invalid_parameter) << e.what();
+                EXPECT_NE(
+                    std::string(e.what()).find("NUL byte at offset " + std::to_string(text.size())),
+                    std::string::npos)
+                    << e.what();
+                EXPECT_FALSE(e.request_sent());
+            };
+
+            check(co_await expect_error([&]() -> awaitable<void> { co_await admin.execute(bad); }));
+
+            pgco::pool p(
+                ex, pgco::pool_options::from_url(url_with("connection_limit=1&pool_timeout=5")));
+            check(co_await expect_error([&]() -> awaitable<void> { co_await p.execute(bad); }));
+            {
+                auto held = co_await p.acquire(); // the next one would be multiplexed
+                auto start = clock_type::now();
+                check(co_await expect_error([&]() -> awaitable<void> { co_await p.execute(bad); }));
+                EXPECT_LT(ms_since(start), 1000);
+            }
+            pgco::batch b;
+            try {
+                b.add("SELECT 1");
+                b.add(bad);
+                ADD_FAILURE() << "batch::add accepted a NUL byte";
+            } catch (const pgco::error& e) {
+                check(e);
+            }
+            EXPECT_EQ(b.size(), 1u);
+
+            EXPECT_EQ(co_await admin.query_one<std::int64_t>("SELECT count(*) FROM " + table +
+                                                             " WHERE x <> 0"),
+                      0);
+            EXPECT_EQ(co_await p.execute(text + " WHERE id = $1", 2), 1u);
+            co_await p.close();
+            co_await admin.exec("DROP TABLE " + table);
+        },
+        20s);
+    run([&]() -> awaitable<void> { co_await drop_table(table); }, 10s);
+}
+
 TEST(batch, statements_run_together_and_see_each_other)
 {
     const auto table = cm_unique("batch_ok");
