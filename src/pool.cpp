@@ -588,17 +588,17 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     /// timer for the whole queue, not one per statement.
     void enqueue(const std::shared_ptr<mux_item>& item, mux_handler handler)
     {
-        // Connected before the item is visible to runners: the slot belongs to the caller's
-        // coroutine, which may go on (and use it) as soon as a runner finishes the item.
         auto slot = asio::get_associated_cancellation_slot(handler);
-        if (slot.is_connected())
-            slot.assign([w = weak_from_this(), item](asio::cancellation_type) {
-                if (auto self = w.lock())
-                    self->cancel_mux(item);
-            });
         {
             std::unique_lock lock(mu);
             if (!closing) {
+                // Under the lock, like the queueing: a cancellation cannot fall between the two
+                // (and be lost), nor can a runner finish the item before the slot is set.
+                if (slot.is_connected())
+                    slot.assign([w = weak_from_this(), item](asio::cancellation_type) {
+                        if (auto self = w.lock())
+                            self->cancel_mux(item);
+                    });
                 item->queued = pool_clock::now();
                 item->waiter.emplace(std::move(handler));
                 mux_queue.push_back(item);
@@ -1340,8 +1340,7 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
 {
     auto& s = state;
     if (s->opts.multiplex && shareable_statement(sql)) {
-        if (s->closing_now())
-            pool_state::throw_closed();
+        // A closed pool is refused by prepare_item or with_permit below.
         if (retries_ > 0)
             logger()->info("Retrying query after reconnection...");
         // A connection of its own when one is free at once: no batching delay for a lone
