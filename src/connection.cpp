@@ -117,11 +117,12 @@ std::string sqlstate_of_connect_failure(std::string_view msg)
     return {};
 }
 
-[[noreturn]] void throw_connect_failure(connection_impl& c, std::string why = {})
+[[noreturn]] void throw_connect_failure(connection_impl& c, std::string why = {},
+                                        bool needs_password = false)
 {
     if (why.empty() && c.conn)
         why = trimmed(PQerrorMessage(c.conn));
-    bool needs_password = c.conn && PQconnectionNeedsPassword(c.conn);
+    needs_password = needs_password || (c.conn && PQconnectionNeedsPassword(c.conn));
     c.close();
     std::string sqlstate = sqlstate_of_connect_failure(why);
     if (needs_password || sqlstate.starts_with("28")) {
@@ -202,6 +203,15 @@ struct conn_params
             if (k == key)
                 return &v;
         return nullptr;
+    }
+    const std::string* find(std::string_view key) const
+    {
+        return const_cast<conn_params*>(this)->find(key);
+    }
+    std::string get(std::string_view key) const
+    {
+        auto* v = find(key);
+        return v ? *v : std::string();
     }
     void set(std::string_view key, std::string value)
     {
@@ -321,21 +331,20 @@ asio::awaitable<PostgresPollingStatusType> poll_off_loop(PGconn* conn)
         asio::use_awaitable);
 }
 
-asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_options opts)
-{
-    connection_impl& c = *self;
-    conn_params p = parse_conninfo(opts.conninfo);
-    co_await resolve_hosts(c, p);
-    // Dead peers are noticed even on idle connections, unless the user chose otherwise.
-    if (!p.find("keepalives"))
-        p.set("keepalives", "1");
-    if (!p.find("keepalives_idle"))
-        p.set("keepalives_idle", "30");
-    if (!p.find("keepalives_interval"))
-        p.set("keepalives_interval", "10");
-    if (!p.find("keepalives_count"))
-        p.set("keepalives_count", "3");
+using connect_clock = std::chrono::steady_clock;
 
+/// How one connect attempt ended.
+enum class attempt_end
+{
+    connected,
+    failed,    // c.conn is still open: its error message and state say why
+    timed_out, // the attempt's deadline passed
+};
+
+/// libpq's connect steps for one set of parameters, until connected, failed or `deadline`.
+asio::awaitable<attempt_end> connect_attempt(connection_impl& c, const conn_params& p,
+                                             std::optional<connect_clock::time_point> deadline)
+{
     std::vector<const char*> keys, values;
     for (auto& [k, v] : p.kv) {
         keys.push_back(k.c_str());
@@ -348,27 +357,177 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
     if (!c.conn)
         throw error(errc::client_failure, "libpq could not allocate a connection");
     if (PQstatus(c.conn) == CONNECTION_BAD)
-        throw_connect_failure(c);
+        co_return attempt_end::failed;
     PQsetNoticeReceiver(c.conn, &receive_notice, &c);
 
+    std::optional<asio::steady_timer> timer;
+    if (deadline)
+        timer.emplace(c.ex, *deadline);
     auto status = PGRES_POLLING_WRITING;
     while (status != PGRES_POLLING_OK) {
-        if (status == PGRES_POLLING_FAILED)
-            throw_connect_failure(c);
-        int fd = PQsocket(c.conn);
-        if (fd < 0)
-            throw_connect_failure(c);
-        // Re-read the socket each round: libpq opens a new one for each host it tries.
-        c.assign_socket(fd);
-        auto [ec] = co_await c.sock.async_wait(
-            status == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write,
-            use_tuple);
+        if (status == PGRES_POLLING_FAILED || PQsocket(c.conn) < 0)
+            co_return attempt_end::failed;
+        // Re-read the socket each round: libpq opens a new one for each address it tries.
+        c.assign_socket(PQsocket(c.conn));
+        auto wait = status == PGRES_POLLING_READING ? wait_type::wait_read : wait_type::wait_write;
+        boost::system::error_code ec;
+        bool timed_out = false;
+        if (timer) {
+            auto [order, wait_ec, timer_ec] =
+                co_await asio::experimental::make_parallel_group(
+                    c.sock.async_wait(wait, asio::deferred), timer->async_wait(asio::deferred))
+                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            timed_out = order[0] == 1 && !timer_ec;
+            ec = wait_ec;
+        } else {
+            auto [wait_ec] = co_await c.sock.async_wait(wait, use_tuple);
+            ec = wait_ec;
+        }
         c.release_socket();
+        if (timed_out)
+            co_return attempt_end::timed_out;
         if (ec == asio::error::operation_aborted)
             throw error(errc::cancelled, "connecting was cancelled");
         if (ec)
             throw_connect_failure(c, ec.message());
         status = co_await poll_off_loop(c.conn);
+    }
+    co_return attempt_end::connected;
+}
+
+/// One set of parameters per host (per address, after name lookup), in libpq's order; empty
+/// when there is only one, or when the lists do not match up (libpq then says why).
+std::vector<conn_params> per_host(const conn_params& p)
+{
+    auto list = [&](const char* key) {
+        auto v = p.get(key);
+        return v.empty() ? std::vector<std::string>{} : split(v);
+    };
+    auto hosts = list("host"), addrs = list("hostaddr"), ports = list("port");
+    std::size_t n = std::max(hosts.size(), addrs.size());
+    if (n <= 1 || (!hosts.empty() && hosts.size() != n) || (!addrs.empty() && addrs.size() != n) ||
+        (ports.size() > 1 && ports.size() != n))
+        return {};
+    std::vector<conn_params> out(n, p);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!hosts.empty())
+            out[i].set("host", hosts[i]);
+        if (!addrs.empty())
+            out[i].set("hostaddr", addrs[i]);
+        if (!ports.empty())
+            out[i].set("port", ports.size() == 1 ? ports[0] : ports[i]);
+    }
+    return out;
+}
+
+/// Says which host did not answer, the way libpq names the ones that failed.
+std::string timed_out_message(const conn_params& host, const std::string& within)
+{
+    auto addr = host.get("hostaddr").empty() ? host.get("host") : host.get("hostaddr");
+    auto port = host.get("port").empty() ? std::string("5432") : host.get("port");
+    return "connection to server at \"" + addr + "\", port " + port + " failed: " + within;
+}
+
+[[noreturn]] void throw_connect_timeout(connection_impl& c, const pool_options& opts,
+                                        const std::string& what)
+{
+    c.close();
+    throw error(errc::connect_timeout,
+                "P1002: the database server at " + c.target + " was reached but timed out: " + what,
+                {}, {}, {}, {}, false);
+}
+
+/// Connects `c` as `opts` says. connect_timeout bounds the name lookup and each host's attempt
+/// separately, as libpq documents it: a host that never answers (a black-holed address after
+/// a failover) costs that long, then the next host is tried. `overall` (a pool's deadline)
+/// bounds them all.
+asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_options opts,
+                                    std::optional<connect_clock::time_point> overall)
+{
+    connection_impl& c = *self;
+    auto attempt_deadline = [&]() -> std::optional<connect_clock::time_point> {
+        std::optional<connect_clock::time_point> d = overall;
+        if (opts.connect_timeout.count() > 0) {
+            auto own = connect_clock::now() + opts.connect_timeout;
+            d = d ? std::min(*d, own) : own;
+        }
+        return d;
+    };
+    const std::string within =
+        "no connection within " + std::to_string(opts.connect_timeout.count()) + " ms";
+
+    conn_params p = parse_conninfo(opts.conninfo);
+    if (auto d = attempt_deadline()) {
+        asio::steady_timer t(c.ex, *d);
+        auto [order, lookup_ex, timer_ec] =
+            co_await asio::experimental::make_parallel_group(
+                asio::co_spawn(c.ex, resolve_hosts(c, p), asio::deferred),
+                t.async_wait(asio::deferred))
+                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        if (order[0] == 1 && !timer_ec)
+            throw_connect_timeout(c, opts, "the host names were not looked up in time");
+        if (lookup_ex)
+            std::rethrow_exception(lookup_ex);
+    } else {
+        co_await resolve_hosts(c, p);
+    }
+    // Dead peers are noticed even on idle connections, unless the user chose otherwise.
+    if (!p.find("keepalives"))
+        p.set("keepalives", "1");
+    if (!p.find("keepalives_idle"))
+        p.set("keepalives_idle", "30");
+    if (!p.find("keepalives_interval"))
+        p.set("keepalives_interval", "10");
+    if (!p.find("keepalives_count"))
+        p.set("keepalives_count", "3");
+
+    auto hosts = per_host(p);
+    if (hosts.empty()) {
+        auto deadline = attempt_deadline();
+        auto end = co_await connect_attempt(c, p, deadline);
+        if (end == attempt_end::timed_out)
+            throw_connect_timeout(c, opts, within);
+        if (end == attempt_end::failed)
+            throw_connect_failure(c);
+    } else {
+        // One host at a time, each with its own deadline. prefer-standby is libpq's two
+        // rounds: a standby anywhere, then any server.
+        auto attrs = p.find("target_session_attrs") ? p.get("target_session_attrs")
+                                                    : env_or("PGTARGETSESSIONATTRS", "");
+        std::vector<std::string> rounds{attrs};
+        if (attrs == "prefer-standby")
+            rounds = {"standby", "any"};
+        std::string failures;
+        bool needs_password = false, all_timed_out = true, connected = false;
+        for (const auto& round : rounds) {
+            for (auto& host : hosts) {
+                if (overall && connect_clock::now() >= *overall)
+                    break;
+                if (!round.empty())
+                    host.set("target_session_attrs", round);
+                auto deadline = attempt_deadline();
+                auto end = co_await connect_attempt(c, host, deadline);
+                if (end == attempt_end::connected) {
+                    connected = true;
+                    break;
+                }
+                std::string why = end == attempt_end::timed_out ? timed_out_message(host, within)
+                                                                : trimmed(PQerrorMessage(c.conn));
+                failures += (failures.empty() ? "" : "; ") + why;
+                needs_password = needs_password || (c.conn && PQconnectionNeedsPassword(c.conn));
+                all_timed_out = all_timed_out && end == attempt_end::timed_out;
+                c.close();
+            }
+            if (connected)
+                break;
+        }
+        if (!connected) {
+            if (failures.empty())
+                throw_connect_timeout(c, opts, "no host was tried before the pool's deadline");
+            if (all_timed_out)
+                throw_connect_timeout(c, opts, failures);
+            throw_connect_failure(c, failures, needs_password);
+        }
     }
     if (PQsetnonblocking(c.conn, 1) != 0)
         throw_connect_failure(c);
@@ -1060,33 +1219,12 @@ asio::awaitable<void> connection::connect(pool_options opts)
     self->request_sent = false;
     self->target = opts.redacted();
 
-    if (opts.connect_timeout.count() > 0) {
-        // Whichever finishes first wins; the other is cancelled and awaited.
-        asio::steady_timer deadline(self->ex, opts.connect_timeout);
-        auto [order, connect_ex, timer_ec] =
-            co_await asio::experimental::make_parallel_group(
-                asio::co_spawn(self->ex, connect_steps(self, opts), asio::deferred),
-                deadline.async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
-        if (order[0] == 1 && !timer_ec) {
-            self->close();
-            throw error(errc::connect_timeout,
-                        "P1002: the database server at " + self->target +
-                            " was reached but timed out: no connection within " +
-                            std::to_string(opts.connect_timeout.count()) + " ms",
-                        {}, {}, {}, {}, false);
-        }
-        if (connect_ex) {
-            self->close();
-            std::rethrow_exception(connect_ex);
-        }
-    } else {
-        try {
-            co_await connect_steps(self, opts);
-        } catch (...) {
-            self->close();
-            throw;
-        }
+    auto overall = std::exchange(self->connect_deadline, std::nullopt);
+    try {
+        co_await connect_steps(self, opts, overall);
+    } catch (...) {
+        self->close();
+        throw;
     }
     self->cache.capacity = opts.pgbouncer ? 0 : opts.statement_cache_size;
     logger()->info("Database connected successfully: {} (server {}, backend pid {})", self->target,

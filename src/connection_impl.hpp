@@ -148,6 +148,9 @@ struct connection_impl
     bool unfinished = false; // a cancelled request still has results to discard
     bool doomed = false;     // the server announced it is closing this connection (57P01...)
     std::chrono::milliseconds query_timeout{0};
+    // Set by a pool before `connect`: no host is tried after it (connect_timeout applies to
+    // each host, so several hosts could otherwise take longer than the pool may wait).
+    std::optional<std::chrono::steady_clock::time_point> connect_deadline;
     statement_cache cache;
 
     void release_socket() noexcept

@@ -730,6 +730,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             }
             auto c = std::make_unique<connection>(ex);
             c->set_query_timeout(opts.query_timeout);
+            if (deadline != pool_clock::time_point::max())
+                impl_of(*c).connect_deadline = deadline;
             std::exception_ptr failure;
             try {
                 co_await c->connect(std::move(attempt));

@@ -50,7 +50,9 @@ struct pool_options
     std::size_t connection_limit = 10;
     /// How long `acquire` may wait for a connection, connecting included; zero waits forever.
     std::chrono::milliseconds pool_timeout{std::chrono::seconds(20)};
-    /// How long opening one connection may take, name lookup included; zero waits forever.
+    /// How long opening one connection may take: the name lookup, and each host of a
+    /// multi-host URL separately (as in libpq), so that a host that never answers does not keep
+    /// the next one from being tried. Zero waits forever.
     std::chrono::milliseconds connect_timeout{std::chrono::seconds(10)};
     /// How many callers may wait in `acquire` at once; more fail at once with `pool_exhausted`.
     std::size_t max_waiters = 10000;

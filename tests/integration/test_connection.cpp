@@ -35,7 +35,9 @@ using pgco::test::database_url;
 using pgco::test::expect_error;
 using pgco::test::ms_since;
 using pgco::test::run;
+using pgco::test::server_port;
 using pgco::test::sleep_for;
+using pgco::test::url_via_ports;
 
 TEST(connection, connects_and_runs_a_query)
 {
@@ -119,6 +121,49 @@ TEST(connection, connect_timeout_against_a_server_that_never_answers)
         EXPECT_TRUE(pgco::is_connection_error(e));
         EXPECT_GE(elapsed, 990);
         EXPECT_LT(elapsed, 1500);
+        EXPECT_FALSE(c.is_open());
+    });
+}
+
+TEST(connection, a_host_that_never_answers_costs_connect_timeout_then_the_next_is_tried)
+{
+    // The old primary's address black-holed after a failover: connect_timeout applies to each
+    // host, as libpq documents, so the next host still gets its turn.
+    run([]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        asio::ip::tcp::acceptor silent(ex, {asio::ip::make_address("127.0.0.1"), 0});
+        auto opts = pgco::pool_options::from_url(
+            url_via_ports({silent.local_endpoint().port(), server_port()}, "connect_timeout=1"));
+        pgco::connection c(ex);
+        auto start = clock_type::now();
+        co_await c.connect(opts);
+        auto elapsed = ms_since(start);
+        EXPECT_GE(elapsed, 990);
+        EXPECT_LT(elapsed, 3000);
+        EXPECT_EQ(co_await c.query_one<int>("SELECT current_setting('port')::int"),
+                  static_cast<int>(server_port()));
+    });
+}
+
+TEST(connection, every_host_timing_out_is_one_connect_timeout_naming_each)
+{
+    run([]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        asio::ip::tcp::acceptor first(ex, {asio::ip::make_address("127.0.0.1"), 0});
+        asio::ip::tcp::acceptor second(ex, {asio::ip::make_address("127.0.0.1"), 0});
+        auto p1 = first.local_endpoint().port(), p2 = second.local_endpoint().port();
+        auto opts = pgco::pool_options::from_url(url_via_ports({p1, p2}, "connect_timeout=0.5"));
+        pgco::connection c(ex);
+        auto start = clock_type::now();
+        auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.connect(opts); });
+        auto elapsed = ms_since(start);
+        std::string what = e.what();
+        EXPECT_EQ(e.code(), pgco::errc::connect_timeout) << what;
+        EXPECT_NE(what.find("P1002"), std::string::npos) << what;
+        EXPECT_NE(what.find("port " + std::to_string(p1)), std::string::npos) << what;
+        EXPECT_NE(what.find("port " + std::to_string(p2)), std::string::npos) << what;
+        EXPECT_GE(elapsed, 990);
+        EXPECT_LT(elapsed, 1800);
         EXPECT_FALSE(c.is_open());
     });
 }

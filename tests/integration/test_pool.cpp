@@ -53,6 +53,7 @@ using pgco::test::run;
 using pgco::test::server_port;
 using pgco::test::sleep_for;
 using pgco::test::url_via_port;
+using pgco::test::url_via_ports;
 using pgco::test::url_with;
 
 namespace {
@@ -323,6 +324,39 @@ TEST(pool, connects_beyond_max_connecting_wait_their_turn)
             c2.release();
             c3.release();
             co_await p.close();
+        },
+        20s);
+}
+
+TEST(pool, hosts_that_never_answer_are_passed_over_within_pool_timeout)
+{
+    run(
+        []() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            asio::ip::tcp::acceptor a(ex, {asio::ip::make_address("127.0.0.1"), 0});
+            asio::ip::tcp::acceptor b(ex, {asio::ip::make_address("127.0.0.1"), 0});
+            auto silent1 = a.local_endpoint().port(), silent2 = b.local_endpoint().port();
+
+            // One silent host before the server: it costs connect_timeout, then the server.
+            pgco::pool p(ex, pgco::pool_options::from_url(url_via_ports(
+                                 {silent1, server_port()}, "connect_timeout=0.5&pool_timeout=5")));
+            auto start = clock_type::now();
+            EXPECT_EQ(co_await p.query_one<int>("SELECT 7"), 7);
+            EXPECT_GE(ms_since(start), 490);
+            EXPECT_LT(ms_since(start), 3000);
+            co_await p.close();
+
+            // Two silent hosts take 1 s, more than the pool may wait: pool_timeout ends it.
+            pgco::pool q(ex, pgco::pool_options::from_url(
+                                 url_via_ports({silent1, silent2, server_port()},
+                                               "connect_timeout=0.5&pool_timeout=0.7")));
+            start = clock_type::now();
+            auto e = co_await expect_error([&]() -> awaitable<void> { co_await q.acquire(); });
+            auto elapsed = ms_since(start);
+            EXPECT_EQ(e.code(), pgco::errc::pool_timeout) << e.what();
+            EXPECT_GE(elapsed, 650);
+            EXPECT_LT(elapsed, 1500);
+            co_await q.close();
         },
         20s);
 }

@@ -20,6 +20,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace pgco::test {
 
@@ -93,6 +94,20 @@ inline std::string url_via_port(unsigned short port, const std::string& params =
     auto slash = url.find('/', colon);
     return url.substr(0, colon + 1) + std::to_string(port) + url.substr(slash) +
            (params.empty() ? "" : "?" + params);
+}
+
+/// The test URL with its one host:port replaced by a list of hosts on 127.0.0.1 at `ports`
+/// (proxies, closed ports, the server), tried by libpq in order; `params` as in url_via_port.
+inline std::string url_via_ports(const std::vector<unsigned short>& ports,
+                                 const std::string& params = {})
+{
+    auto url = database_url();
+    auto at = url.rfind('@');
+    auto slash = url.find('/', at);
+    std::string hosts;
+    for (auto port : ports)
+        hosts += (hosts.empty() ? "" : ",") + std::string("127.0.0.1:") + std::to_string(port);
+    return url.substr(0, at + 1) + hosts + url.substr(slash) + (params.empty() ? "" : "?" + params);
 }
 
 /// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.
