@@ -104,10 +104,21 @@ struct event
 } // namespace
 
 /// The caller of a multiplexed statement, suspended until its outcome is known: Asio's own
-/// handler for `co_await` on an operation completing with `void(std::exception_ptr)`. Storing it
-/// directly (no channel per statement) saves a lock, a queue and an allocation per statement.
+/// handler for `co_await` on an operation completing with `void(std::exception_ptr, result)`.
+/// Storing it directly (no channel per statement) saves a lock, a queue and an allocation per
+/// statement.
 using mux_handler =
-    asio::async_result<asio::use_awaitable_t<>, void(std::exception_ptr)>::handler_type;
+    asio::async_result<asio::use_awaitable_t<>, void(std::exception_ptr, result)>::handler_type;
+
+/// A caller to resume, with what to resume it with.
+struct mux_completion
+{
+    mux_handler handler;
+    std::exception_ptr failure;
+    result res;
+
+    void operator()() { std::move(handler)(std::move(failure), std::move(res)); }
+};
 
 /// A statement waiting to share a connection (multiplexing). Its text and parameters are
 /// copied: the caller may be cancelled, and its frame destroyed, while a batch is being sent.
@@ -312,41 +323,51 @@ struct pool_state : std::enable_shared_from_this<pool_state>
 
     // ---- multiplexing ----
 
-    /// Marks `item` finished (its outcome is in `entry`, or it was abandoned) and takes its
-    /// caller's handler if the caller still waits. Under `mu`.
-    static void finish_locked(mux_item& item, std::vector<mux_handler>& resume)
+    /// Marks `item` finished (its outcome is in `entry`, or it was abandoned) and, if its
+    /// caller still waits, takes the caller's handler with the outcome, and keeps the item for
+    /// the next statement. Under `mu`.
+    void finish_locked(const std::shared_ptr<mux_item>& item, std::vector<mux_completion>& resume)
     {
-        item.finished = true;
-        if (item.waiter) {
-            resume.push_back(std::move(*item.waiter));
-            item.waiter.reset();
-        }
+        item->finished = true;
+        if (!item->waiter)
+            return;
+        mux_completion c{std::move(*item->waiter), nullptr, result()};
+        item->waiter.reset();
+        if (item->entry.err)
+            c.failure = std::make_exception_ptr(std::move(*item->entry.err));
+        else if (item->entry.res)
+            c.res = std::move(*item->entry.res);
+        else
+            c.failure = std::make_exception_ptr(
+                error(errc::client_failure, "the statement's batch ended without its result"));
+        resume.push_back(std::move(c));
+        recycle_locked(item);
     }
 
     /// Resumes callers whose statements finished: one posted function for all of them rather
     /// than one wake-up each. Each resumes on its own executor (at once when that is the one
     /// running the function).
-    void resume_callers(std::vector<mux_handler> handlers)
+    void resume_callers(std::vector<mux_completion> completions)
     {
-        if (!handlers.empty())
-            asio::post(ex, [handlers = std::move(handlers)]() mutable { resume_now(handlers); });
+        if (!completions.empty())
+            asio::post(
+                ex, [completions = std::move(completions)]() mutable { resume_now(completions); });
     }
 
-    static void resume_now(std::vector<mux_handler>& handlers)
+    static void resume_now(std::vector<mux_completion>& completions)
     {
-        for (std::size_t i = 0; i < handlers.size(); ++i) {
+        for (std::size_t i = 0; i < completions.size(); ++i) {
             try {
-                auto h_ex = asio::get_associated_executor(handlers[i]);
-                asio::dispatch(h_ex, [h = std::move(handlers[i])]() mutable {
-                    std::move(h)(std::exception_ptr{});
-                });
+                auto h_ex = asio::get_associated_executor(completions[i].handler);
+                asio::dispatch(h_ex, std::move(completions[i]));
             } catch (...) {
                 // A completion handler threw (out of io_context::run, as usual): the callers
                 // after it are still resumed, in a function of their own.
-                std::vector<mux_handler> rest(std::make_move_iterator(handlers.begin() + i + 1),
-                                              std::make_move_iterator(handlers.end()));
+                std::vector<mux_completion> rest(
+                    std::make_move_iterator(completions.begin() + i + 1),
+                    std::make_move_iterator(completions.end()));
                 if (!rest.empty()) {
-                    auto rest_ex = asio::get_associated_executor(rest.front());
+                    auto rest_ex = asio::get_associated_executor(rest.front().handler);
                     asio::post(rest_ex, [rest = std::move(rest)]() mutable { resume_now(rest); });
                 }
                 throw;
@@ -357,12 +378,12 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     /// Completes `items` (outcomes already in their entries).
     void finish(std::span<const std::shared_ptr<mux_item>> items)
     {
-        std::vector<mux_handler> resume;
+        std::vector<mux_completion> resume;
         resume.reserve(items.size());
         {
             std::lock_guard lock(mu);
             for (auto& item : items)
-                finish_locked(*item, resume);
+                finish_locked(item, resume);
         }
         resume_callers(std::move(resume));
     }
@@ -383,10 +404,12 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             h.emplace(std::move(*item->waiter));
             item->waiter.reset();
         }
-        auto e = std::make_exception_ptr(
-            error(errc::cancelled, "the query was cancelled", {}, {}, {}, {}, sent));
-        auto h_ex = asio::get_associated_executor(*h);
-        asio::post(h_ex, [h = std::move(*h), e]() mutable { std::move(h)(e); });
+        mux_completion c{std::move(*h),
+                         std::make_exception_ptr(error(errc::cancelled, "the query was cancelled",
+                                                       {}, {}, {}, {}, sent)),
+                         result()};
+        auto h_ex = asio::get_associated_executor(c.handler);
+        asio::post(h_ex, std::move(c));
     }
 
     /// Starts a runner if statements wait and a permit is free. Called after every change that
@@ -460,7 +483,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 failed = e;
             }
             std::size_t reruns = 0;
-            std::vector<mux_handler> resume;
+            std::vector<mux_completion> resume;
             resume.reserve(batch.size());
             {
                 std::lock_guard lock(s->mu);
@@ -483,7 +506,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                         continue;
                     if (failed && !item->entry.err && !item->entry.res)
                         item->entry.err = *failed;
-                    finish_locked(*item, resume);
+                    s->finish_locked(item, resume);
                 }
             }
             s->resume_callers(std::move(resume));
@@ -570,19 +593,6 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         return item;
     }
 
-    /// The outcome of a finished item; keeps the item for reuse.
-    result take_outcome(std::shared_ptr<mux_item> item)
-    {
-        std::optional<error> failed = std::move(item->entry.err);
-        std::optional<result> res = std::move(item->entry.res);
-        recycle(std::move(item));
-        if (failed)
-            throw *failed;
-        if (!res)
-            throw error(errc::client_failure, "the statement's batch ended without its result");
-        return std::move(*res);
-    }
-
     /// Queues `item` with the handler that resumes its caller, in one step, so that a runner on
     /// another thread never finds one without the other. pool_timeout is the sweeper's: one
     /// timer for the whole queue, not one per statement.
@@ -611,22 +621,23 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 return;
             }
         }
-        auto e = std::make_exception_ptr(error(errc::pool_closed, "the pool is closed"));
-        auto h_ex = asio::get_associated_executor(handler);
-        asio::post(h_ex, [h = std::move(handler), e]() mutable { std::move(h)(e); });
+        mux_completion c{std::move(handler),
+                         std::make_exception_ptr(error(errc::pool_closed, "the pool is closed")),
+                         result()};
+        auto h_ex = asio::get_associated_executor(c.handler);
+        asio::post(h_ex, std::move(c));
     }
 
     /// Keeps a finished item for the next statement. Not an abandoned one: the queue or a
-    /// runner may still hold it.
-    void recycle(std::shared_ptr<mux_item> item)
+    /// runner may still hold it. Under `mu`.
+    void recycle_locked(const std::shared_ptr<mux_item>& item)
     {
-        item->entry = batch_entry{};
-        std::lock_guard lock(mu);
         if (item->abandoned)
             return;
+        item->entry = batch_entry{};
         item->taken = item->finished = false;
         if (spare_items.size() < 1024)
-            spare_items.push_back(std::move(item));
+            spare_items.push_back(item);
     }
 
     // ---- acquiring ----
@@ -1337,6 +1348,49 @@ asio::awaitable<pooled_connection> retry_loop::acquire()
     co_return c;
 }
 
+namespace {
+
+/// Gives a permit back unless disarmed: a coroutine that holds one as a parameter returns it
+/// even if it is destroyed before it ever ran.
+struct permit_guard
+{
+    explicit permit_guard(std::shared_ptr<pool_state> state) : s(std::move(state)) {}
+    permit_guard(permit_guard&& other) noexcept = default;
+    permit_guard& operator=(permit_guard&&) = delete;
+    ~permit_guard()
+    {
+        if (s) {
+            s->release_permit();
+            s->kick_mux();
+        }
+    }
+    void disarm() noexcept { s.reset(); }
+    std::shared_ptr<pool_state> s;
+};
+
+asio::awaitable<result> run_with_permit(std::shared_ptr<pool_state> s, permit_guard permit,
+                                        std::string_view sql, params_view params,
+                                        binary_check binary)
+{
+    permit.disarm(); // with_permit owns it from here, and gives it back if it fails
+    auto now = pool_clock::now();
+    auto deadline = s->opts.pool_timeout.count() > 0 ? now + s->opts.pool_timeout
+                                                     : pool_clock::time_point::max();
+    auto c = co_await pool_state::with_permit(s, now, deadline, true);
+    co_return co_await c->exec_params(sql, params, binary);
+}
+
+asio::awaitable<result> run_acquired(retry_loop& loop, std::string_view sql, params_view params,
+                                     binary_check binary)
+{
+    auto c = co_await loop.acquire();
+    co_return co_await c->exec_params(sql, params, binary);
+}
+
+} // namespace
+
+// Not a coroutine: a multiplexed statement is awaited by the caller directly (one frame and
+// one resumption less per statement), its result delivered with the wake-up.
 asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params,
                                         binary_check binary)
 {
@@ -1348,29 +1402,18 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
         // A connection of its own when one is free at once: no batching delay for a lone
         // caller. Otherwise share.
         if (!s->permits.try_receive([](auto) {})) {
-            // Queued for a runner, in this coroutine rather than a nested one: a frame and a
-            // resumption less per statement.
             auto item = s->prepare_item(sql, params, binary);
-            try {
-                co_await asio::async_initiate<decltype(asio::use_awaitable),
-                                              void(std::exception_ptr)>(
-                    [&s, &item](mux_handler handler) { s->enqueue(item, std::move(handler)); },
-                    asio::use_awaitable);
-            } catch (const boost::system::system_error&) {
-                // co_await throws instead of waiting when cancellation was requested before:
-                // the statement was never queued.
-                throw error(errc::cancelled, "the query was cancelled");
-            }
-            co_return s->take_outcome(std::move(item));
+            // Queued when awaited; never queued if the awaitable is dropped unawaited.
+            return asio::async_initiate<decltype(asio::use_awaitable),
+                                        void(std::exception_ptr, result)>(
+                [s, item = std::move(item)](mux_handler handler) {
+                    s->enqueue(item, std::move(handler));
+                },
+                asio::use_awaitable);
         }
-        auto now = pool_clock::now();
-        auto deadline = s->opts.pool_timeout.count() > 0 ? now + s->opts.pool_timeout
-                                                         : pool_clock::time_point::max();
-        auto c = co_await pool_state::with_permit(s, now, deadline, true);
-        co_return co_await c->exec_params(sql, params, binary);
+        return run_with_permit(s, permit_guard(s), sql, params, binary);
     }
-    auto c = co_await acquire();
-    co_return co_await c->exec_params(sql, params, binary);
+    return run_acquired(*this, sql, params, binary);
 }
 
 retry_loop::verdict retry_loop::failed(const error& e)
