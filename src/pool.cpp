@@ -10,6 +10,7 @@
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
 #include <boost/asio/experimental/parallel_group.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -354,12 +355,29 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 ex, [completions = std::move(completions)]() mutable { resume_now(completions); });
     }
 
+    /// True if `e` is a plain io_context executor and this thread runs that io_context: then
+    /// a handler for `e` may be invoked at once. Dispatching through `any_io_executor` would
+    /// do the same, after wrapping the handler in an allocated function object.
+    static bool runs_here(const asio::any_io_executor& e) noexcept
+    {
+        using plain = asio::io_context::basic_executor_type<std::allocator<void>, 0>;
+        using tracked = asio::io_context::basic_executor_type<std::allocator<void>, 4>;
+        if (auto* p = e.target<plain>())
+            return p->running_in_this_thread();
+        if (auto* t = e.target<tracked>())
+            return t->running_in_this_thread();
+        return false;
+    }
+
     static void resume_now(std::vector<mux_completion>& completions)
     {
         for (std::size_t i = 0; i < completions.size(); ++i) {
             try {
                 auto h_ex = asio::get_associated_executor(completions[i].handler);
-                asio::dispatch(h_ex, std::move(completions[i]));
+                if (runs_here(h_ex))
+                    completions[i](); // what dispatch does, without wrapping it in a function
+                else
+                    asio::dispatch(h_ex, std::move(completions[i]));
             } catch (...) {
                 // A completion handler threw (out of io_context::run, as usual): the callers
                 // after it are still resumed, in a function of their own.
