@@ -32,6 +32,7 @@
 #include <algorithm>
 #include <atomic>
 #include <condition_variable>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -216,6 +217,82 @@ TEST(pool, two_hundred_tasks_never_exceed_the_connection_limit)
 TEST(pool, two_hundred_tasks_on_four_threads)
 {
     run_threaded(many_tasks_share_ten_connections, 4, 20s);
+}
+
+/// 200 callers, half of them on strands of their own, share two connections through
+/// multiplexing on four threads. Every tenth statement of those on strands takes 2 ms and
+/// races a 1 ms timer, so it is cancelled while queued or after it was sent. Every statement
+/// that returns returns its own value.
+awaitable<void> many_callers_multiplexed(asio::any_io_executor ex)
+{
+    constexpr int callers = 200, rounds = 20;
+    auto p = std::make_shared<pgco::pool>(
+        ex, pgco::pool_options::from_url(url_with("connection_limit=2&pool_timeout=10")));
+    struct counters
+    {
+        std::atomic<int> finished{0}, correct{0}, wrong{0}, cancelled{0}, failed{0}, timer{0};
+    };
+    auto count = std::make_shared<counters>();
+    for (int i = 0; i < callers; ++i) {
+        auto on = i % 2 ? asio::any_io_executor(asio::make_strand(ex)) : ex;
+        asio::co_spawn(
+            on,
+            [p, count, i]() -> awaitable<void> {
+                using namespace asio::experimental::awaitable_operators;
+                auto ex = co_await asio::this_coro::executor;
+                for (int r = 0; r < rounds; ++r) {
+                    int v = i * 1000 + r;
+                    try {
+                        // `||` cancels across its two branches: only on a strand is that
+                        // safe with four threads (Asio's cancellation is not thread-safe).
+                        if (r % 10 == 9 && i % 2) {
+                            asio::steady_timer t(ex, 1ms);
+                            auto q =
+                                p->query_one<int>("SELECT $1::int4 + 1 FROM pg_sleep(0.002)", v);
+                            auto w = t.async_wait(asio::use_awaitable);
+                            auto got = co_await (std::move(q) || std::move(w));
+                            if (got.index() == 0)
+                                ++(std::get<0>(got) == v + 1 ? count->correct : count->wrong);
+                            else
+                                ++count->timer; // the statement was cancelled
+                        } else {
+                            int got = co_await p->query_one<int>("SELECT $1::int4 + 1", v);
+                            ++(got == v + 1 ? count->correct : count->wrong);
+                        }
+                    } catch (const pgco::error& e) {
+                        if (e.code() == pgco::errc::cancelled)
+                            ++count->cancelled;
+                        else if (count->failed++ == 0)
+                            ADD_FAILURE() << "caller " << i << " failed: " << e.what();
+                    }
+                }
+                ++count->finished;
+            },
+            asio::detached);
+    }
+    auto deadline = clock_type::now() + 15s;
+    while (count->finished.load() < callers && clock_type::now() < deadline)
+        co_await sleep_for(5ms);
+    EXPECT_EQ(count->finished.load(), callers);
+    EXPECT_EQ(count->wrong.load(), 0);
+    EXPECT_EQ(count->failed.load(), 0);
+    EXPECT_GE(count->correct.load(), callers * rounds * 19 / 20);
+    EXPECT_GT(count->timer.load(), 0);
+    EXPECT_EQ(count->correct.load() + count->cancelled.load() + count->timer.load() +
+                  count->failed.load() + count->wrong.load(),
+              callers * rounds);
+    auto st = p->stats();
+    EXPECT_GT(st.statements_multiplexed, 0u);
+    std::printf("[mux] correct=%d timer-won=%d cancelled=%d multiplexed=%llu batches=%llu\n",
+                count->correct.load(), count->timer.load(), count->cancelled.load(),
+                static_cast<unsigned long long>(st.statements_multiplexed),
+                static_cast<unsigned long long>(st.pipeline_batches));
+    co_await p->close();
+}
+
+TEST(mux, two_hundred_callers_on_four_threads_with_strands_and_cancellations)
+{
+    run_threaded(many_callers_multiplexed, 4, 30s);
 }
 
 TEST(pool, exhausted_pool_times_out_with_p2024_and_says_busy)
