@@ -428,8 +428,7 @@ std::string timed_out_message(const conn_params& host, const std::string& within
     return "connection to server at \"" + addr + "\", port " + port + " failed: " + within;
 }
 
-[[noreturn]] void throw_connect_timeout(connection_impl& c, const pool_options& opts,
-                                        const std::string& what)
+[[noreturn]] void throw_connect_timeout(connection_impl& c, const std::string& what)
 {
     c.close();
     throw error(errc::connect_timeout,
@@ -465,7 +464,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
                 t.async_wait(asio::deferred))
                 .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
         if (order[0] == 1 && !timer_ec)
-            throw_connect_timeout(c, opts, "the host names were not looked up in time");
+            throw_connect_timeout(c, "the host names were not looked up in time");
         if (lookup_ex)
             std::rethrow_exception(lookup_ex);
     } else {
@@ -486,7 +485,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
         auto deadline = attempt_deadline();
         auto end = co_await connect_attempt(c, p, deadline);
         if (end == attempt_end::timed_out)
-            throw_connect_timeout(c, opts, within);
+            throw_connect_timeout(c, within);
         if (end == attempt_end::failed)
             throw_connect_failure(c);
     } else {
@@ -523,9 +522,9 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
         }
         if (!connected) {
             if (failures.empty())
-                throw_connect_timeout(c, opts, "no host was tried before the pool's deadline");
+                throw_connect_timeout(c, "no host was tried before the pool's deadline");
             if (all_timed_out)
-                throw_connect_timeout(c, opts, failures);
+                throw_connect_timeout(c, failures);
             throw_connect_failure(c, failures, needs_password);
         }
     }

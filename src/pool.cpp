@@ -584,7 +584,6 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         }
     }
 
-    /// A statement for the queue: waits until a runner has run it.
     /// An item for a statement to be multiplexed (see `retry_loop::run`), with the
     /// statement copied into it. Throws if the pool is closed or too many statements wait.
     std::shared_ptr<mux_item> prepare_item(std::string_view sql, const params_view& params,
