@@ -22,6 +22,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <optional>
@@ -396,9 +397,17 @@ asio::awaitable<attempt_end> connect_attempt(connection_impl& c, const conn_para
 }
 
 /// One set of parameters per host (per address, after name lookup), in libpq's order; empty
-/// when there is only one, or when the lists do not match up (libpq then says why).
+/// when there is only one, when the lists do not match up (libpq then says why), or when part
+/// of them comes from the environment (libpq then tries them all in one attempt).
 std::vector<conn_params> per_host(const conn_params& p)
 {
+    // A list libpq would take from the environment (PGHOST, PGHOSTADDR, PGPORT) must stay
+    // whole: split here, each attempt would pair one host with all of its entries. (A single
+    // value applies to every host alike, split or not.)
+    for (auto [key, env] : {std::pair{"host", "PGHOST"}, std::pair{"hostaddr", "PGHOSTADDR"},
+                            std::pair{"port", "PGPORT"}})
+        if (!p.find(key) && env_or(env, "").find(',') != std::string::npos)
+            return {};
     auto list = [&](const char* key) {
         auto v = p.get(key);
         return v.empty() ? std::vector<std::string>{} : split(v);
@@ -408,14 +417,21 @@ std::vector<conn_params> per_host(const conn_params& p)
     if (n <= 1 || (!hosts.empty() && hosts.size() != n) || (!addrs.empty() && addrs.size() != n) ||
         (ports.size() > 1 && ports.size() != n))
         return {};
+    // In a list, an empty entry means libpq's default (port 5432, the default socket
+    // directory); alone, an empty value means "unset", which the environment may fill. Ports
+    // are spelled out; an empty host with PGHOST set stays with libpq.
+    if (!env_or("PGHOST", "").empty() && std::ranges::count(hosts, std::string()) > 0)
+        return {};
     std::vector<conn_params> out(n, p);
     for (std::size_t i = 0; i < n; ++i) {
         if (!hosts.empty())
             out[i].set("host", hosts[i]);
         if (!addrs.empty())
             out[i].set("hostaddr", addrs[i]);
-        if (!ports.empty())
-            out[i].set("port", ports.size() == 1 ? ports[0] : ports[i]);
+        if (!ports.empty()) {
+            auto port = ports.size() == 1 ? ports[0] : ports[i];
+            out[i].set("port", port.empty() ? std::string("5432") : port); // DEF_PGPORT
+        }
     }
     return out;
 }
