@@ -212,13 +212,16 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         waits_next = (waits_next + 1) % wait_window;
     }
 
-    void release_permit()
+    void release_permit() { put_back(permits); }
+
+    /// Returns a token (a permit, a connect slot) to its channel.
+    static void put_back(permit_channel& ch)
     {
         // Boost 1.81's buffered channel forgets it has room after its last waiting receiver is
         // cancelled (an acquire timing out): try_send then refuses. A blocked send still hands
-        // the permit to the next receiver, so nothing is lost; closing the channel ends it.
-        if (!permits.try_send(boost::system::error_code{}))
-            permits.async_send(boost::system::error_code{}, [](boost::system::error_code) {});
+        // the token to the next receiver, so nothing is lost; closing the channel ends it.
+        if (!ch.try_send(boost::system::error_code{}))
+            ch.async_send(boost::system::error_code{}, [](boost::system::error_code) {});
     }
 
     /// Closes a connection on the executor rather than on the caller's path.
@@ -740,10 +743,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                         std::lock_guard lock(s.mu);
                         --s.connecting;
                     }
-                    // As in release_permit.
-                    if (!s.connect_slots.try_send(boost::system::error_code{}))
-                        s.connect_slots.async_send(boost::system::error_code{},
-                                                   [](boost::system::error_code) {});
+                    put_back(s.connect_slots);
                 }
             };
             std::optional<connect_slot> slot(std::in_place, *this);

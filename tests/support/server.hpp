@@ -85,19 +85,9 @@ inline unsigned short server_port()
     return static_cast<unsigned short>(std::stoi(url.substr(colon + 1, slash - colon - 1)));
 }
 
-/// The test URL with its port replaced by `port` (a proxy in front of the server), and with
-/// `params` (a query string without '?') appended if not empty.
-inline std::string url_via_port(unsigned short port, const std::string& params = {})
-{
-    auto url = database_url();
-    auto colon = url.find(':', url.rfind('@'));
-    auto slash = url.find('/', colon);
-    return url.substr(0, colon + 1) + std::to_string(port) + url.substr(slash) +
-           (params.empty() ? "" : "?" + params);
-}
-
 /// The test URL with its one host:port replaced by a list of hosts on 127.0.0.1 at `ports`
-/// (proxies, closed ports, the server), tried by libpq in order; `params` as in url_via_port.
+/// (proxies, closed ports, the server), tried by libpq in order, and with `params` (a query
+/// string without '?') appended if not empty.
 inline std::string url_via_ports(const std::vector<unsigned short>& ports,
                                  const std::string& params = {})
 {
@@ -108,6 +98,13 @@ inline std::string url_via_ports(const std::vector<unsigned short>& ports,
     for (auto port : ports)
         hosts += (hosts.empty() ? "" : ",") + std::string("127.0.0.1:") + std::to_string(port);
     return url.substr(0, at + 1) + hosts + url.substr(slash) + (params.empty() ? "" : "?" + params);
+}
+
+/// The test URL with its port replaced by `port` (a proxy in front of the server), and with
+/// `params` (a query string without '?') appended if not empty.
+inline std::string url_via_port(unsigned short port, const std::string& params = {})
+{
+    return url_via_ports({port}, params);
 }
 
 /// Polls `pred` every few milliseconds until it holds or `limit` passes; returns its last value.
