@@ -4,6 +4,8 @@
 // The client is plain POSIX sockets with poll() deadlines, so this file needs neither Asio nor
 // Beast (compile time) and cannot share a bug with the server's HTTP code.
 
+#include "support/database_url.hpp"
+
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
@@ -21,7 +23,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -34,21 +35,7 @@ namespace {
 
 using namespace std::chrono_literals;
 using clock_type = std::chrono::steady_clock;
-
-std::string database_url()
-{
-    if (const char* url = std::getenv("PGCO_TEST_DATABASE_URL"); url && *url)
-        return url;
-    const char* state = std::getenv("PGCO_SANDBOX_STATE");
-    if (!state || !*state)
-        throw std::runtime_error("no test server: set PGCO_TEST_DATABASE_URL or run through "
-                                 "ctest, whose fixture starts scripts/pg-sandbox");
-    std::ifstream in(std::string(state) + "/url");
-    std::string url;
-    if (!std::getline(in, url) || url.empty())
-        throw std::runtime_error(std::string("no sandbox URL in ") + state + "/url");
-    return url;
-}
+using pgco::test::database_url;
 
 /// The password in a postgresql://user:password@host/db URL (empty if none).
 std::string password_of(const std::string& url)

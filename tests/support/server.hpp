@@ -3,6 +3,8 @@
 // Helpers for tests that talk to the real PostgreSQL server started by the CTest fixture
 // (scripts/pg-sandbox), or to the server named by PGCO_TEST_DATABASE_URL.
 
+#include "support/database_url.hpp"
+
 #include <pgco/connection.hpp>
 #include <pgco/error.hpp>
 
@@ -23,9 +25,6 @@
 #include <vector>
 
 namespace pgco::test {
-
-/// The URL of the test server. Fails the test (never skips it) when there is none.
-std::string database_url();
 
 /// The test URL with its password replaced by `password`.
 std::string url_with_password(const std::string& password);
