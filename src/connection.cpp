@@ -1,3 +1,4 @@
+#include "connect_workers.hpp"
 #include "connection_impl.hpp"
 
 #include <pgco/batch.hpp>
@@ -14,17 +15,16 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <span>
 #include <thread>
@@ -299,34 +299,23 @@ asio::awaitable<void> resolve_hosts(connection_impl& c, conn_params& p)
 
 // PQconnectPoll never waits for the network, but one of its steps derives the scram-sha-256
 // key (4096 rounds of PBKDF2, 2-3 ms of CPU here): on the event loop, a burst of reconnects
-// would stall every other coroutine for tens of milliseconds. So every step runs on a small
-// pool of its own; the PGconn is handed over and back, never shared.
-asio::thread_pool& connect_workers()
-{
-    static asio::thread_pool workers(2);
-    return workers;
-}
-
+// would stall every other coroutine for tens of milliseconds. So every step runs on
+// connect_workers (at a priority that yields to the loop); the PGconn is handed over and back,
+// never shared.
 asio::awaitable<PostgresPollingStatusType> poll_off_loop(PGconn* conn)
 {
     return asio::async_initiate<decltype(asio::use_awaitable), void(PostgresPollingStatusType)>(
         [conn](auto handler) {
             // Keeps the caller's executor busy meanwhile, so its run() does not return early.
             auto work = asio::make_work_guard(asio::get_associated_executor(handler));
-            asio::post(connect_workers(), [conn, handler = std::move(handler),
-                                           work = std::move(work)]() mutable {
-                // Lower priority: on a busy CPU the event loop's wake-ups should win over key
-                // derivation. Not idle priority (SCHED_IDLE), which keeps the loop's wake-ups
-                // a little more punctual: with every CPU saturated, a connect at idle priority
-                // took 1.7 s instead of about 55 ms, and reconnecting promptly matters more.
-                thread_local bool lowered = (::setpriority(PRIO_PROCESS, ::gettid(), 10), true);
-                (void)lowered;
+            // std::function wants a copyable job; the handler moves only.
+            auto state = std::make_shared<std::pair<decltype(handler), decltype(work)>>(
+                std::move(handler), std::move(work));
+            detail::connect_workers::instance().post([conn, state] {
                 auto status = PQconnectPoll(conn);
-                auto ex = work.get_executor();
-                asio::post(ex, [handler = std::move(handler), status]() mutable {
-                    std::move(handler)(status);
-                });
-                work.reset();
+                auto ex = state->second.get_executor();
+                asio::post(ex, [state, status]() mutable { std::move(state->first)(status); });
+                state->second.reset();
             });
         },
         asio::use_awaitable);
