@@ -240,8 +240,19 @@ connect_workers::~connect_workers()
 
 connect_workers& connect_workers::instance()
 {
-    static connect_workers workers;
-    return workers;
+    // A process forked after the workers started has none (fork copies only the calling
+    // thread): its connects would wait forever. So the child starts workers of its own. The
+    // parent's object stays as it is: its threads cannot be joined in the child. Neither is
+    // ever destroyed (a connect may still be running on a worker at exit).
+    static std::mutex m;
+    static connect_workers* workers = nullptr;
+    static pid_t owner = 0;
+    std::lock_guard lock(m);
+    if (!workers || owner != ::getpid()) {
+        workers = new connect_workers();
+        owner = ::getpid();
+    }
+    return *workers;
 }
 
 void connect_workers::post(std::function<void()> job)

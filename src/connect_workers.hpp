@@ -32,7 +32,8 @@ public:
     static constexpr std::chrono::milliseconds self_grace{50};
     static constexpr std::chrono::milliseconds hold{100};
 
-    /// The process's workers (two threads), started on first use.
+    /// The process's workers (two threads), started on first use, and again in a process
+    /// forked after that.
     static connect_workers& instance();
 
     /// Runs `job` on a worker. `job` must not throw.

@@ -190,3 +190,22 @@ TEST(connect_workers, a_step_finishes_promptly_on_a_cpu_this_process_saturates)
     GTEST_FLAG_SET(death_test_style, "threadsafe");
     EXPECT_EXIT(step_on_saturated_cpu(false), testing::ExitedWithCode(0), "steps took");
 }
+
+TEST(connect_workers, a_process_forked_after_they_started_gets_workers_of_its_own)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    auto fork_and_post = [] {
+        if (time_one_step(0) < 0) // the workers run in this process
+            std::_Exit(2);
+        pid_t child = ::fork();
+        if (child == 0) {
+            double ms = time_one_step(0);
+            std::fprintf(stderr, "forked child: step %s\n", ms >= 0 ? "done" : "never ran");
+            std::_Exit(ms >= 0 ? 0 : 1);
+        }
+        int status = 0;
+        ::waitpid(child, &status, 0);
+        std::_Exit(WIFEXITED(status) ? WEXITSTATUS(status) : 3);
+    };
+    EXPECT_EXIT(fork_and_post(), testing::ExitedWithCode(0), "forked child: step done");
+}
