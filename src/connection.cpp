@@ -449,19 +449,31 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
                                     std::optional<connect_clock::time_point> overall)
 {
     connection_impl& c = *self;
-    auto attempt_deadline = [&]() -> std::optional<connect_clock::time_point> {
-        std::optional<connect_clock::time_point> d = overall;
+    // An attempt ends at connect_timeout, or at the pool's deadline when that comes first; a
+    // timed-out attempt says which.
+    struct attempt_limit
+    {
+        std::optional<connect_clock::time_point> at;
+        bool pool_first = false;
+    };
+    auto next_limit = [&] {
+        attempt_limit l{overall, overall.has_value()};
         if (opts.connect_timeout.count() > 0) {
             auto own = connect_clock::now() + opts.connect_timeout;
-            d = d ? std::min(*d, own) : own;
+            if (!l.at || own < *l.at)
+                l = {own, false};
         }
-        return d;
+        return l;
     };
     const std::string within =
         "no connection within " + std::to_string(opts.connect_timeout.count()) + " ms";
+    auto why_timed_out = [&](const attempt_limit& l) {
+        return l.pool_first ? std::string("the pool's deadline (pool_timeout) passed first")
+                            : within;
+    };
 
     conn_params p = parse_conninfo(opts.conninfo);
-    if (auto d = attempt_deadline()) {
+    if (auto d = next_limit().at) {
         asio::steady_timer t(c.ex, *d);
         auto [order, lookup_ex, timer_ec] =
             co_await asio::experimental::make_parallel_group(
@@ -487,10 +499,10 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
 
     auto hosts = per_host(p);
     if (hosts.empty()) {
-        auto deadline = attempt_deadline();
-        auto end = co_await connect_attempt(c, p, deadline);
+        auto limit = next_limit();
+        auto end = co_await connect_attempt(c, p, limit.at);
         if (end == attempt_end::timed_out)
-            throw_connect_timeout(c, within);
+            throw_connect_timeout(c, why_timed_out(limit));
         if (end == attempt_end::failed)
             throw_connect_failure(c);
     } else {
@@ -509,14 +521,15 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
                     break;
                 if (!round.empty())
                     host.set("target_session_attrs", round);
-                auto deadline = attempt_deadline();
-                auto end = co_await connect_attempt(c, host, deadline);
+                auto limit = next_limit();
+                auto end = co_await connect_attempt(c, host, limit.at);
                 if (end == attempt_end::connected) {
                     connected = true;
                     break;
                 }
-                std::string why = end == attempt_end::timed_out ? timed_out_message(host, within)
-                                                                : trimmed(PQerrorMessage(c.conn));
+                std::string why = end == attempt_end::timed_out
+                                      ? timed_out_message(host, why_timed_out(limit))
+                                      : trimmed(PQerrorMessage(c.conn));
                 failures += (failures.empty() ? "" : "; ") + why;
                 needs_password = needs_password || (c.conn && PQconnectionNeedsPassword(c.conn));
                 all_timed_out = all_timed_out && end == attempt_end::timed_out;

@@ -433,7 +433,27 @@ TEST(pool, hosts_that_never_answer_are_passed_over_within_pool_timeout)
             EXPECT_EQ(e.code(), pgco::errc::pool_timeout) << e.what();
             EXPECT_GE(elapsed, 650);
             EXPECT_LT(elapsed, 1500);
+            // Each host's failure says which deadline ended it.
+            std::string what = e.what();
+            auto port = [](auto n) { return "port " + std::to_string(n) + " failed: "; };
+            EXPECT_NE(what.find(port(silent1) + "no connection within 500 ms"), std::string::npos)
+                << what;
+            EXPECT_NE(what.find(port(silent2) + "the pool's deadline (pool_timeout) passed first"),
+                      std::string::npos)
+                << what;
             co_await q.close();
+
+            // Without connect_timeout, the pool's deadline ends the attempt, and says so.
+            pgco::pool r(ex, pgco::pool_options::from_url(url_via_ports(
+                                 {silent1, server_port()}, "connect_timeout=0&pool_timeout=0.5")));
+            e = co_await expect_error([&]() -> awaitable<void> { co_await r.acquire(); });
+            EXPECT_EQ(e.code(), pgco::errc::pool_timeout) << e.what();
+            what = e.what();
+            EXPECT_NE(what.find(port(silent1) + "the pool's deadline (pool_timeout) passed first"),
+                      std::string::npos)
+                << what;
+            EXPECT_EQ(what.find("within 0 ms"), std::string::npos) << what;
+            co_await r.close();
         },
         20s);
 }
