@@ -4,20 +4,23 @@
 
 #include <spdlog/spdlog.h>
 
+#include <linux/futex.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <thread>
-#include <vector>
 
 namespace pgco::detail {
 
@@ -57,132 +60,206 @@ bool idle_can_be_raised()
     return ok;
 }
 
+using ns = std::int64_t;
+
+// Waiting for a counter to change, on a futex directly. Not std::atomic::wait: libstdc++'s
+// spins with sched_yield() first, and under EEVDF each yield pushes a low-priority thread's
+// deadline further out, so a raised worker then waited ~16 ms for the CPU on every step.
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) &&
+              std::atomic<std::uint32_t>::is_always_lock_free);
+
+void wait_for_change(std::atomic<std::uint32_t>& counter, std::uint32_t seen)
+{
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&counter), FUTEX_WAIT_PRIVATE, seen,
+              nullptr, nullptr, 0);
+}
+
+void wake_all(std::atomic<std::uint32_t>& counter)
+{
+    ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&counter), FUTEX_WAKE_PRIVATE,
+              std::numeric_limits<int>::max(), nullptr, nullptr, 0);
+}
+
 /// The CPU time all of this process's threads have used.
-double process_cpu_ms()
+ns process_cpu()
 {
     timespec ts{};
     ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return static_cast<double>(ts.tv_sec) * 1e3 + static_cast<double>(ts.tv_nsec) / 1e6;
+    return ns(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
 }
 
-/// A moment, and how much CPU time the process had used by then.
+ns steady_now()
+{
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch())
+        .count();
+}
+
+ns to_ns(std::chrono::milliseconds d)
+{
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+/// A moment, and how much CPU time the process had used by then, kept in atomics: the
+/// watchdog reads them without a lock.
 struct mark
 {
-    clock::time_point at;
-    double cpu_ms = 0;
+    std::atomic<ns> at{0}, cpu{0};
 
-    static mark now() { return {clock::now(), process_cpu_ms()}; }
+    void set_now()
+    {
+        cpu.store(process_cpu(), std::memory_order_relaxed);
+        at.store(steady_now(), std::memory_order_release);
+    }
 };
 
 } // namespace
 
+// The event loop posts a step without waiting for anyone, and the watchdog reads atomics: with
+// a mutex they shared with the workers, a worker at idle priority preempted while holding it
+// would keep them waiting for as long as the worker starves. Only the workers share a mutex.
 struct connect_workers::state
 {
-    struct job
-    {
-        std::function<void()> fn;
-        mark queued;
-    };
     struct worker
     {
         std::thread thread;
-        pid_t tid = 0;
-        bool raised = false;
-        std::optional<mark> running_since; // when it started its step
-        mark free_since;                   // when it last finished one
+        std::atomic<pid_t> tid{0};
+        std::atomic<bool> running{false}, raised{false};
+        mark running_since; // when it started its step
+        mark free_since;    // when it last finished one
     };
 
     priority mode = priority::nice_10;
-    std::mutex m;
-    std::condition_variable work_cv, watch_cv;
-    std::deque<job> queue;
-    std::vector<worker> workers{2};
-    std::thread watchdog;
-    long times_raised = 0;
-    clock::time_point last_raise;
-    bool stop = false;
-    bool watchdog_waits = false; // with no deadline: the next step must wake it
-
-    void work(std::size_t me)
+    // Posted steps: a lock-free stack the loop pushes onto; a worker takes all of it at once
+    // into `taken` (oldest first), which only the workers share, under `taking`.
+    struct job
     {
-        std::unique_lock lock(m);
-        auto& self = workers[me];
+        std::function<void()> fn;
+        job* next = nullptr;
+    };
+    std::atomic<job*> inbox{nullptr};
+    std::mutex taking;
+    std::deque<std::unique_ptr<job>> taken;
+    // Workers and the watchdog wait for `posted` to change. Counters wrap; only their equality
+    // matters.
+    std::atomic<std::uint32_t> posted{0}, started{0};
+    std::atomic<bool> stop{false};
+    mark last_post;
+    std::atomic<ns> last_raise{0};
+    std::atomic<long> times_raised{0};
+    std::array<worker, 2> workers;
+    std::thread watchdog;
+
+    std::unique_ptr<job> next_job()
+    {
+        std::lock_guard lock(taking);
+        if (taken.empty()) {
+            // The stack holds the newest first.
+            for (job* j = inbox.exchange(nullptr, std::memory_order_acquire); j;) {
+                job* next = j->next;
+                taken.emplace_front(j);
+                j = next;
+            }
+        }
+        if (taken.empty())
+            return nullptr;
+        auto j = std::move(taken.front());
+        taken.pop_front();
+        return j;
+    }
+
+    void work(worker& self)
+    {
         self.tid = static_cast<pid_t>(::gettid());
         if (mode == priority::nice_10 || !set_policy(0, SCHED_IDLE))
-            ::setpriority(PRIO_PROCESS, static_cast<id_t>(self.tid), 10);
+            ::setpriority(PRIO_PROCESS, static_cast<id_t>(self.tid.load()), 10);
         for (;;) {
-            work_cv.wait(lock, [&] { return stop || !queue.empty(); });
-            if (stop)
-                return;
-            auto j = std::move(queue.front());
-            queue.pop_front();
-            self.running_since = mark::now();
-            lock.unlock();
-            j.fn();
-            j.fn = nullptr; // whatever it holds goes before the lock is taken again
-            lock.lock();
-            self.running_since.reset();
-            self.free_since = mark::now();
+            auto seen = posted.load(std::memory_order_acquire);
+            auto j = next_job();
+            if (!j) {
+                if (stop.load(std::memory_order_acquire))
+                    return;
+                wait_for_change(posted, seen); // returns once a step was posted
+                continue;
+            }
+            self.running_since.set_now();
+            self.running.store(true, std::memory_order_release);
+            started.fetch_add(1, std::memory_order_release);
+            j->fn();
+            j.reset();
+            self.free_since.set_now();
+            self.running.store(false, std::memory_order_release);
             // Back to idle priority once no step has starved for `hold`: a connect is several
             // steps, and on a CPU that stays saturated each would wait `grace` again. (A thread
             // may always lower its own priority.)
-            if (self.raised && self.free_since.at - last_raise > hold && set_policy(0, SCHED_IDLE))
-                self.raised = false;
-            if (watchdog_waits)
-                watch_cv.notify_one();
+            if (self.raised.load(std::memory_order_acquire) &&
+                self.free_since.at.load(std::memory_order_relaxed) -
+                        last_raise.load(std::memory_order_acquire) >
+                    to_ns(hold) &&
+                set_policy(0, SCHED_IDLE))
+                self.raised.store(false, std::memory_order_release);
         }
     }
 
     // When a worker starves at idle priority, raise it to nice 10 (until `hold` after the last
     // starving step). It starves when its step has run for longer than `grace` (the longest step
     // takes 2-3 ms of CPU), or when it has been free with a step waiting for longer than `grace`
-    // (woken, but not scheduled). A step that waits while both workers run others is not late:
-    // that is the queue, not the CPU. When this process itself kept its CPUs busy meanwhile (the
-    // application's event loop, most likely), the worker yields to it for up to `self_grace`:
-    // raised, it would take the CPU from the loop for a whole scheduler slice. Returns when to
-    // look again.
-    std::optional<clock::time_point> raise_starving(clock::time_point now)
+    // (woken, but not scheduled; measured from the later of the last post and the worker's last
+    // step). A step that waits while both workers run others is not late: that is the queue,
+    // not the CPU. When this process itself kept its CPUs busy meanwhile (the application's
+    // event loop, most likely), the worker yields to it for up to `self_grace`: raised, it
+    // would take the CPU from the loop for a whole scheduler slice.
+    // Returns when a worker not yet raised could be late next.
+    std::optional<ns> raise_starving()
     {
-        std::optional<clock::time_point> next;
-        auto look_again_at = [&next](clock::time_point t) {
+        std::optional<ns> next;
+        auto look_again_at = [&next](ns t) {
             if (!next || t < *next)
                 next = t;
         };
+        ns now = steady_now();
+        bool waiting =
+            started.load(std::memory_order_acquire) != posted.load(std::memory_order_acquire);
         for (auto& w : workers) {
-            if (w.raised || w.tid == 0)
+            pid_t tid = w.tid.load(std::memory_order_acquire);
+            if (tid == 0 || w.raised.load(std::memory_order_acquire))
                 continue;
-            std::optional<mark> since;
-            if (w.running_since)
-                since = w.running_since;
-            else if (!queue.empty())
-                since =
-                    w.free_since.at > queue.front().queued.at ? w.free_since : queue.front().queued;
-            if (!since)
-                continue;
-            if (now < since->at + grace) {
-                look_again_at(since->at + grace);
+            ns since_at = 0, since_cpu = 0;
+            if (w.running.load(std::memory_order_acquire)) {
+                since_at = w.running_since.at.load(std::memory_order_acquire);
+                since_cpu = w.running_since.cpu.load(std::memory_order_relaxed);
+            } else if (waiting) {
+                const mark& later = w.free_since.at.load(std::memory_order_acquire) >
+                                            last_post.at.load(std::memory_order_acquire)
+                                        ? w.free_since
+                                        : last_post;
+                since_at = later.at.load(std::memory_order_acquire);
+                since_cpu = later.cpu.load(std::memory_order_relaxed);
+            } else {
                 continue;
             }
-            if (now < since->at + self_grace && busy_by_itself(*since, now)) {
-                look_again_at(std::min(now + grace, since->at + self_grace));
+            if (now - since_at < to_ns(grace)) {
+                look_again_at(since_at + to_ns(grace));
                 continue;
             }
-            if (set_policy(w.tid, SCHED_OTHER)) {
-                w.raised = true;
-                ++times_raised;
+            if (now - since_at < to_ns(self_grace) && busy_by_itself(since_at, since_cpu, now)) {
+                look_again_at(std::min(now + to_ns(grace), since_at + to_ns(self_grace)));
+                continue;
             }
-            last_raise = now;
+            if (set_policy(tid, SCHED_OTHER)) {
+                w.raised.store(true, std::memory_order_release);
+                times_raised.fetch_add(1, std::memory_order_relaxed);
+            }
+            last_raise.store(now, std::memory_order_release);
         }
         return next;
     }
 
-    // Whether this process used at least 3/4 of the CPUs it may run on since `since`.
-    static bool busy_by_itself(const mark& since, clock::time_point now)
+    // Whether this process used at least 3/4 of the CPUs it may run on since `at`.
+    static bool busy_by_itself(ns at, ns cpu_then, ns now)
     {
         cpu_set_t cpus;
         int n = ::sched_getaffinity(0, sizeof cpus, &cpus) == 0 ? CPU_COUNT(&cpus) : 1;
-        double wall_ms = std::chrono::duration<double, std::milli>(now - since.at).count();
-        return process_cpu_ms() - since.cpu_ms >= 0.75 * wall_ms * std::max(n, 1);
+        return process_cpu() - cpu_then >= (now - at) * 3 / 4 * std::max(n, 1);
     }
 
     void watch()
@@ -193,15 +270,21 @@ struct connect_workers::state
         // before the loop got it back: the very stall the idle priority is there to prevent.
         sched_param none{};
         ::sched_setscheduler(0, SCHED_BATCH, &none);
-        std::unique_lock lock(m);
-        while (!stop) {
-            if (auto next = raise_starving(clock::now())) {
-                watch_cv.wait_until(lock, *next);
-            } else {
-                watchdog_waits = true;
-                watch_cv.wait(lock);
-                watchdog_waits = false;
+        while (!stop.load(std::memory_order_acquire)) {
+            auto seen = posted.load(std::memory_order_acquire);
+            bool busy = started.load(std::memory_order_acquire) != seen ||
+                        std::any_of(workers.begin(), workers.end(), [](const worker& w) {
+                            return w.running.load(std::memory_order_acquire);
+                        });
+            if (!busy) {
+                wait_for_change(posted, seen); // sleeps until the next step
+                continue;
             }
+            // Looks again while steps are under way: when one could be late next, or after
+            // `grace` (a step posted meanwhile is late no sooner).
+            auto next = raise_starving();
+            auto until = clock::time_point(std::chrono::nanoseconds(next ? *next : 0));
+            std::this_thread::sleep_until(next ? until : clock::now() + grace);
         }
     }
 };
@@ -209,8 +292,8 @@ struct connect_workers::state
 connect_workers::connect_workers() : s_(std::make_unique<state>())
 {
     s_->mode = idle_can_be_raised() ? priority::idle_raised_when_late : priority::nice_10;
-    for (std::size_t i = 0; i < s_->workers.size(); ++i)
-        s_->workers[i].thread = std::thread([this, i] { s_->work(i); });
+    for (auto& w : s_->workers)
+        w.thread = std::thread([this, &w] { s_->work(w); });
     if (s_->mode == priority::idle_raised_when_late)
         s_->watchdog = std::thread([this] { s_->watch(); });
     if (s_->mode == priority::nice_10)
@@ -226,16 +309,15 @@ connect_workers::connect_workers() : s_(std::make_unique<state>())
 
 connect_workers::~connect_workers()
 {
-    {
-        std::lock_guard lock(s_->m);
-        s_->stop = true;
-    }
-    s_->work_cv.notify_all();
-    s_->watch_cv.notify_all();
+    s_->stop.store(true, std::memory_order_release);
+    s_->posted.fetch_add(1, std::memory_order_release);
+    wake_all(s_->posted);
     for (auto& w : s_->workers)
         w.thread.join();
     if (s_->watchdog.joinable())
         s_->watchdog.join();
+    while (s_->next_job()) {
+    }
 }
 
 connect_workers& connect_workers::instance()
@@ -257,16 +339,14 @@ connect_workers& connect_workers::instance()
 
 void connect_workers::post(std::function<void()> job)
 {
-    bool wake_watchdog = false;
-    auto queued = mark::now();
-    {
-        std::lock_guard lock(s_->m);
-        s_->queue.push_back({std::move(job), queued});
-        wake_watchdog = s_->watchdog_waits;
+    s_->last_post.set_now();
+    auto* j = new state::job{std::move(job)};
+    j->next = s_->inbox.load(std::memory_order_relaxed);
+    while (!s_->inbox.compare_exchange_weak(j->next, j, std::memory_order_release,
+                                            std::memory_order_relaxed)) {
     }
-    s_->work_cv.notify_one();
-    if (wake_watchdog)
-        s_->watch_cv.notify_one();
+    s_->posted.fetch_add(1, std::memory_order_release);
+    wake_all(s_->posted); // a worker and, when it sleeps, the watchdog
 }
 
 connect_workers::priority connect_workers::mode() const noexcept
@@ -276,8 +356,7 @@ connect_workers::priority connect_workers::mode() const noexcept
 
 long connect_workers::times_raised() const noexcept
 {
-    std::lock_guard lock(s_->m);
-    return s_->times_raised;
+    return s_->times_raised.load(std::memory_order_relaxed);
 }
 
 } // namespace pgco::detail

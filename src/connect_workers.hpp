@@ -30,7 +30,7 @@ public:
 
     static constexpr std::chrono::milliseconds grace{5};
     static constexpr std::chrono::milliseconds self_grace{50};
-    static constexpr std::chrono::milliseconds hold{100};
+    static constexpr std::chrono::milliseconds hold{500};
 
     /// The process's workers (two threads), started on first use, and again in a process
     /// forked after that.
