@@ -197,6 +197,10 @@ TEST(connect_workers, a_process_forked_after_they_started_gets_workers_of_its_ow
     auto fork_and_post = [] {
         if (time_one_step(0) < 0) // the workers run in this process
             std::_Exit(2);
+        // Lets the worker finish freeing that step before fork(): GCC 12's AddressSanitizer
+        // does not lock its allocator around fork, so a child forked while another thread was
+        // inside free() hung in its first allocation (seen once in CI).
+        std::this_thread::sleep_for(200ms);
         pid_t child = ::fork();
         if (child == 0) {
             double ms = time_one_step(0);
