@@ -26,7 +26,10 @@
 //   CPU use can account for (its threads' CPU time between two wake-ups beyond the 1 ms
 //   period); and, for comparison, the longest single PQconnectPoll call of raw libpq connects
 //   (connect_poll_block): the stall each connect step would cause if run on the event loop
-//   (pgco runs them on worker threads).
+//   (pgco runs them on worker threads). A bystander thread of the same process (same CPU and
+//   priority) sleeps 1 ms at a time through the same phases and reports its own lateness
+//   (bystander_*): what the CPU gives a thread that has no work at all, the floor under the
+//   ticker's numbers.
 //
 // Prints one JSON object per line, like pgco_bench. Everything runs on one thread's
 // io_context (plus the helper threads named above); pin the process and the server to one
@@ -657,6 +660,9 @@ struct phase_stats
     // at most the lateness. The rest of a late tick is the CPU idle or running someone else
     // (the server, the machine's own daemons, the hypervisor).
     std::vector<double> own_ms;
+    // Lateness of the bystander (see `bystander`): a thread with the loop's CPU and priority
+    // that does nothing but sleep 1 ms at a time.
+    std::vector<double> bystander_ms;
     long involuntary_switches = 0;
     long ok = 0, failed = 0;
     double seconds = 0;
@@ -712,6 +718,54 @@ bool request_slice(long microseconds)
     return true;
 }
 
+/// A thread that does nothing but sleep 1 ms at a time (absolute deadlines, like the ticker)
+/// and records how late it wakes, into `stats(phase)` while the phase stays the same. It
+/// inherits the process's CPU affinity and priority, so it gets from the CPU what the event
+/// loop would get if it had no work at all: a loop tick no later than the bystander's worst was
+/// delayed by the CPU (the server's backends, the machine, the hypervisor), not by the loop.
+/// Its own CPU use is a few microseconds per wake-up.
+class bystander
+{
+public:
+    template <class Phase, class Stats>
+    bystander(const std::atomic<Phase>& phase, Phase done, Stats stats)
+        : thread_([this, &phase, done, stats] {
+              auto next = bench_clock::now() + 1ms;
+              auto before = phase.load();
+              while (before != done && !stop_.load()) {
+                  auto ns =
+                      std::chrono::duration_cast<std::chrono::nanoseconds>(next.time_since_epoch())
+                          .count();
+                  timespec ts{static_cast<time_t>(ns / 1'000'000'000),
+                              static_cast<long>(ns % 1'000'000'000)};
+                  while (::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, nullptr) == EINTR) {
+                  }
+                  auto now = bench_clock::now();
+                  auto after = phase.load();
+                  if (after == before)
+                      if (std::vector<double>* v = stats(after))
+                          v->push_back(to_ms(now - next));
+                  before = after;
+                  next = now + 1ms;
+              }
+          })
+    {
+        static_assert(std::is_same_v<bench_clock, std::chrono::steady_clock>,
+                      "clock_nanosleep(CLOCK_MONOTONIC) must be the benchmark's clock");
+    }
+    bystander(const bystander&) = delete;
+    bystander& operator=(const bystander&) = delete;
+    ~bystander()
+    {
+        stop_ = true; // in case the benchmark failed before its last phase
+        thread_.join();
+    }
+
+private:
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
 ticker_result run_ticker(const std::string& url, int rounds, std::chrono::milliseconds interval,
                          int workers, std::size_t limit, long loop_slice_us)
 {
@@ -732,9 +786,10 @@ ticker_result run_ticker(const std::string& url, int rounds, std::chrono::millis
         storm,
         done
     };
-    phase ph = phase::bare;
-    auto current = [&]() -> phase_stats* {
-        switch (ph) {
+    // Written by the loop, read by the bystander thread.
+    std::atomic<phase> ph = phase::bare;
+    auto stats_of = [&r](phase p) -> phase_stats* {
+        switch (p) {
         case phase::bare:
             return &r.bare;
         case phase::quiet:
@@ -745,6 +800,7 @@ ticker_result run_ticker(const std::string& url, int rounds, std::chrono::millis
             return nullptr;
         }
     };
+    auto current = [&] { return stats_of(ph.load()); };
 
     auto ticker = [&]() -> asio::awaitable<void> {
         asio::steady_timer t(io);
@@ -845,7 +901,13 @@ ticker_result run_ticker(const std::string& url, int rounds, std::chrono::millis
         else
             io.stop();
     };
-    run_on_io(io, body);
+    {
+        bystander control(ph, phase::done, [&](phase p) -> std::vector<double>* {
+            auto* s = stats_of(p);
+            return s ? &s->bystander_ms : nullptr;
+        });
+        run_on_io(io, body);
+    } // joined: its numbers are in `r`
     return r;
 }
 
@@ -867,8 +929,11 @@ void report_ticker_phase(const char* name, const phase_stats& s, const ticker_re
         R"(,"queries_failed":)" + std::to_string(s.failed) + R"(,"loop_cpu_worst_ms":)" +
         num(maximum(s.loop_cpu_ms)) + R"(,"own_worst_ms":)" + num(maximum(s.own_ms)) +
         R"(,"own_over_5ms":)" + std::to_string(count_over(s.own_ms, 5.0)) +
-        R"(,"involuntary_switches":)" + std::to_string(s.involuntary_switches) +
-        R"(,"loop_slice_us":)" + std::to_string(r.loop_slice_us);
+        R"(,"bystander_worst_ms":)" + num(maximum(s.bystander_ms)) + R"(,"bystander_p99_ms":)" +
+        num(percentile(s.bystander_ms, 0.99)) + R"(,"bystander_over_5ms":)" +
+        std::to_string(count_over(s.bystander_ms, 5.0)) + R"(,"involuntary_switches":)" +
+        std::to_string(s.involuntary_switches) + R"(,"loop_slice_us":)" +
+        std::to_string(r.loop_slice_us);
     if (storm) {
         line +=
             R"(,"rounds":)" + std::to_string(r.rounds) + R"(,"backends_killed":)" +
