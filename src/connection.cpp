@@ -857,6 +857,7 @@ struct pipeline_command
     detail::batch_entry* entry = nullptr;
     std::string name; // the prepared statement (short: no allocation)
     PGresult* res = nullptr;
+    bool consumed = false; // its result went to the entry's sink
 
     ~pipeline_command() { PQclear(res); }
     pipeline_command(kind_t k, detail::batch_entry* e, std::string n)
@@ -915,6 +916,7 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
     for (auto* e : entries) {
         e->res.reset();
         e->err.reset();
+        e->consumed = false;
         e->rerun = false;
         const char* sql = e->key.data();
         const auto& p = e->params;
@@ -985,6 +987,15 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             auto& cmd = cmds[at];
             if (status == PGRES_FATAL_ERROR && first_error == cmds.size())
                 first_error = at;
+            if (cmd.kind == pipeline_command::execute && cmd.entry->sink && !cmd.res &&
+                !cmd.consumed && (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) &&
+                PQntuples(r) <= detail::batch_entry::early_rows) {
+                // Whether it counts is decided at the Sync, as for a kept result.
+                result taken(r);
+                cmd.entry->sink(cmd.entry->sink_ctx, taken);
+                cmd.consumed = true;
+                continue;
+            }
             if (!cmd.res || PQresultStatus(cmd.res) != PGRES_FATAL_ERROR)
                 std::swap(cmd.res, r);
             PQclear(r);
@@ -1040,9 +1051,14 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
     PQexitPipelineMode(c.conn);
 
     if (first_error == cmds.size()) {
-        for (auto& cmd : cmds)
-            if (cmd.kind == pipeline_command::execute)
+        for (auto& cmd : cmds) {
+            if (cmd.kind != pipeline_command::execute)
+                continue;
+            if (cmd.consumed)
+                cmd.entry->consumed = true;
+            else
                 cmd.entry->res.emplace(std::exchange(cmd.res, nullptr));
+        }
         co_return;
     }
     // One statement failed: the server skipped the rest and rolled back what ran before it in

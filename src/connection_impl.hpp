@@ -108,9 +108,17 @@ struct batch_entry
     params_view params;
     binary_check binary = nullptr; // which results pgco may ask for in binary (null: none)
 
-    // Out: exactly one of these after run_batch.
+    // In, optional: given a successful result of at most `early_rows` rows as soon as it
+    // arrives, rather than keeping it until the batch's Sync in `res` (see
+    // pool.hpp, `early_result`). Called on the thread running the batch.
+    void (*sink)(void* ctx, result& r) noexcept = nullptr;
+    void* sink_ctx = nullptr;
+    static constexpr int early_rows = 64; // bounds the work a sink does per result
+
+    // Out: exactly one of these after run_batch (`consumed`: the sink took the result).
     std::optional<result> res;
     std::optional<error> err;
+    bool consumed = false;
     bool rerun = false; // rolled back or skipped with the batch: run it again, it had no effect
     unsigned reprepared = 0;
 };

@@ -137,10 +137,15 @@ struct mux_item
     owned_statement statement;
     batch_entry entry; // the outcome, once `finished`
     pool_clock::time_point queued;
+    pool_state* owner = nullptr; // for the entry's sink; outlives every batch the item is in
     // Under pool_state::mu:
     bool taken = false, abandoned = false, finished = false;
     std::optional<mux_handler> waiter; // the caller, until finished
+    early_result* early = nullptr;     // in the caller's frame, while it waits
 };
+
+/// The entry's sink (see `early_result`).
+void take_early(void* ctx, result& r) noexcept;
 
 struct pooled_entry
 {
@@ -333,17 +338,21 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     void finish_locked(const std::shared_ptr<mux_item>& item, std::vector<mux_completion>& resume)
     {
         item->finished = true;
+        auto* early = std::exchange(item->early, nullptr);
         if (!item->waiter)
             return;
         mux_completion c{std::move(*item->waiter), nullptr, result()};
         item->waiter.reset();
-        if (item->entry.err)
+        if (item->entry.err) {
             c.failure = std::make_exception_ptr(std::move(*item->entry.err));
-        else if (item->entry.res)
+        } else if (item->entry.res) {
+            if (early) // decoded by an earlier, rolled-back run: this result counts
+                early->ready = false;
             c.res = std::move(*item->entry.res);
-        else
+        } else if (!item->entry.consumed) { // else the caller's early_result holds it
             c.failure = std::make_exception_ptr(
                 error(errc::client_failure, "the statement's batch ended without its result"));
+        }
         resume.push_back(std::move(c));
         recycle_locked(item);
     }
@@ -421,6 +430,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 return;
             item->abandoned = true;
             item->finished = true;
+            item->early = nullptr; // its frame may go once it is resumed
             sent = item->taken;
             h.emplace(std::move(*item->waiter));
             item->waiter.reset();
@@ -525,7 +535,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 for (auto& item : batch) {
                     if (item->entry.rerun)
                         continue;
-                    if (failed && !item->entry.err && !item->entry.res)
+                    if (failed && !item->entry.err && !item->entry.res && !item->entry.consumed)
                         item->entry.err = *failed;
                     s->finish_locked(item, resume);
                 }
@@ -590,7 +600,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     /// An item for a statement to be multiplexed (see `retry_loop::run`), with the
     /// statement copied into it. Throws if the pool is closed or too many statements wait.
     std::shared_ptr<mux_item> prepare_item(std::string_view sql, const params_view& params,
-                                           binary_check binary)
+                                           binary_check binary, bool early)
     {
         std::shared_ptr<mux_item> item;
         {
@@ -610,13 +620,18 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         if (!item)
             item = std::make_shared<mux_item>();
         item->copy(sql, params, binary);
+        item->owner = this;
+        if (early) {
+            item->entry.sink = &take_early;
+            item->entry.sink_ctx = item.get();
+        }
         return item;
     }
 
     /// Queues `item` with the handler that resumes its caller, in one step, so that a runner on
     /// another thread never finds one without the other. pool_timeout is the sweeper's: one
     /// timer for the whole queue, not one per statement.
-    void enqueue(const std::shared_ptr<mux_item>& item, mux_handler handler)
+    void enqueue(const std::shared_ptr<mux_item>& item, mux_handler handler, early_result* early)
     {
         auto slot = asio::get_associated_cancellation_slot(handler);
         {
@@ -631,6 +646,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     });
                 item->queued = pool_clock::now();
                 item->waiter.emplace(std::move(handler));
+                item->early = early;
                 mux_queue.push_back(item);
                 if (opts.pool_timeout.count() > 0 && !sweeping) {
                     sweeping = true;
@@ -1130,6 +1146,16 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     }
 };
 
+// Decodes under the pool's lock, and only while the caller waits: a cancellation, which takes
+// the lock too, cannot resume the caller (and let its frame go) meanwhile.
+void take_early(void* ctx, result& r) noexcept
+{
+    auto& item = *static_cast<mux_item*>(ctx);
+    std::lock_guard lock(item.owner->mu);
+    if (item.early && item.waiter && !item.finished)
+        item.early->take(r);
+}
+
 } // namespace detail
 
 using detail::pool_clock;
@@ -1409,7 +1435,7 @@ asio::awaitable<result> run_acquired(retry_loop& loop, std::string_view sql, par
 // Not a coroutine: a multiplexed statement is awaited by the caller directly (one frame and
 // one resumption less per statement), its result delivered with the wake-up.
 asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params,
-                                        binary_check binary)
+                                        binary_check binary, early_result* early)
 {
     auto& s = state;
     if (s->opts.multiplex && shareable_statement(sql)) {
@@ -1419,12 +1445,12 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
         // A connection of its own when one is free at once: no batching delay for a lone
         // caller. Otherwise share.
         if (!s->permits.try_receive([](auto) {})) {
-            auto item = s->prepare_item(sql, params, binary);
+            auto item = s->prepare_item(sql, params, binary, early != nullptr);
             // Queued when awaited; never queued if the awaitable is dropped unawaited.
             return asio::async_initiate<decltype(asio::use_awaitable),
                                         void(std::exception_ptr, result)>(
-                [s, item = std::move(item)](mux_handler handler) {
-                    s->enqueue(item, std::move(handler));
+                [s, item = std::move(item), early](mux_handler handler) {
+                    s->enqueue(item, std::move(handler), early);
                 },
                 asio::use_awaitable);
         }

@@ -86,6 +86,50 @@ private:
 
 namespace detail {
 
+/// Where a multiplexed statement's result is decoded as soon as it arrives, instead of being
+/// kept until its batch's Sync: one result freed at once leaves libpq's memory to the next,
+/// while hundreds held until the Sync drive every allocation down glibc's slow path. The pool
+/// calls `take` under its lock, and only while the caller still waits; `ready` says a value
+/// (or a decoding failure) is in the caller's hands.
+struct early_result
+{
+    virtual void take(result& r) noexcept = 0;
+    bool ready = false;
+
+protected:
+    ~early_result() = default;
+};
+
+/// `decode(r)`'s outcome, kept for the caller (see `early_result`).
+template <class T, class Decode>
+struct early_value final : early_result
+{
+    explicit early_value(Decode& d) noexcept : decode(d) {}
+
+    void take(result& r) noexcept override
+    {
+        value.reset();
+        failure = nullptr;
+        try {
+            value.emplace(decode(r));
+        } catch (...) {
+            failure = std::current_exception();
+        }
+        ready = true;
+    }
+    /// The value, or the decoding failure thrown as `decode` threw it.
+    T get()
+    {
+        if (failure)
+            std::rethrow_exception(failure);
+        return std::move(*value);
+    }
+
+    Decode& decode;
+    std::optional<T> value;
+    std::exception_ptr failure;
+};
+
 /// The retry layer's loop around one statement or one transaction (state in the .cpp; the
 /// loop itself sits in the templates below so that no callable needs type erasure).
 class retry_loop
@@ -105,9 +149,10 @@ public:
     boost::asio::awaitable<pooled_connection> acquire();
     /// Runs one statement for the pool's query helpers: on a connection of its own when one is
     /// free at once, otherwise (with `multiplex`) in a pipelined batch with other callers'
-    /// statements on a connection already at work.
+    /// statements on a connection already at work. With `early`, a shared statement's result
+    /// may be decoded into it on arrival; the returned result is then empty (`early->ready`).
     boost::asio::awaitable<result> run(std::string_view sql, params_view params,
-                                       binary_check binary);
+                                       binary_check binary, early_result* early = nullptr);
     /// Records a failure and decides. Logs the story.
     verdict failed(const error& e);
     /// The error to throw after giving up: the last one, with every attempt listed.
@@ -369,12 +414,14 @@ private:
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
         detail::retry_loop loop(state_, mode, false);
+        detail::early_value<T, Decode> early(decode);
         for (;;) {
             auto verdict = detail::retry_loop::verdict::rethrow;
             std::exception_ptr failure;
             try {
-                result r = co_await loop.run(sql, pack.view(), binary);
-                T value = decode(r);
+                early.ready = false;
+                result r = co_await loop.run(sql, pack.view(), binary, &early);
+                T value = early.ready ? early.get() : decode(r);
                 loop.succeeded();
                 co_return value;
             } catch (const error& e) {

@@ -577,6 +577,67 @@ TEST(mux, a_decoding_failure_fails_alone)
         10s);
 }
 
+// Small results are decoded as they arrive (batch_entry::early_rows), larger ones when the
+// batch's Sync confirms them; callers of both kinds, and of row counts on either side of the
+// limit, share batches and each gets exactly its own rows.
+TEST(mux, small_and_large_results_in_one_batch_each_reach_their_caller)
+{
+    run(
+        []() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
+            const int sizes[] = {0, 1, 63, 64, 65, 300};
+            constexpr int callers = 120;
+            int done = 0, correct = 0;
+            std::vector<std::string> unexpected;
+            for (int i = 0; i < callers; ++i) {
+                int n = sizes[i % 6] + (i % 12 == 11 ? 1000 : 0);
+                asio::co_spawn(
+                    ex,
+                    [&, i, n]() -> awaitable<void> {
+                        try {
+                            if (i % 2 == 0) {
+                                auto rows = co_await p.query<int>(
+                                    "SELECT g + $2::int FROM generate_series(1, $1::int) g", n, i);
+                                bool ok = static_cast<int>(rows.size()) == n;
+                                for (int k = 0; ok && k < n; ++k)
+                                    ok = rows[static_cast<std::size_t>(k)] == k + 1 + i;
+                                if (ok)
+                                    ++correct;
+                                else
+                                    unexpected.push_back("caller " + std::to_string(i) + ": " +
+                                                         std::to_string(rows.size()) +
+                                                         " rows, expected " + std::to_string(n));
+                            } else {
+                                auto affected = co_await p.execute(
+                                    "SELECT g FROM generate_series(1, $1::int) g", n);
+                                if (affected == static_cast<std::uint64_t>(n))
+                                    ++correct;
+                                else
+                                    unexpected.push_back("caller " + std::to_string(i) + ": " +
+                                                         std::to_string(affected) +
+                                                         " affected, expected " +
+                                                         std::to_string(n));
+                            }
+                        } catch (const std::exception& e) {
+                            unexpected.push_back("caller " + std::to_string(i) + ": " + e.what());
+                        }
+                        ++done;
+                    },
+                    asio::detached);
+            }
+            EXPECT_TRUE(co_await eventually([&] { return done == callers; }, 8s));
+            EXPECT_EQ(correct, callers);
+            for (const auto& u : unexpected)
+                ADD_FAILURE() << u;
+            auto s = p.stats();
+            EXPECT_GT(s.statements_multiplexed, 0u);
+            EXPECT_LT(s.pipeline_batches, static_cast<std::uint64_t>(callers));
+            co_await p.close();
+        },
+        10s);
+}
+
 TEST(mux, acquire_and_transactions_are_not_starved_by_multiplexed_load)
 {
     const auto table = cm_unique("mux_starve");
