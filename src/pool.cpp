@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <csignal>
 #include <deque>
 #include <mutex>
@@ -198,7 +199,14 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     std::vector<std::chrono::microseconds> waits; // the latest acquire waits, a ring
     std::size_t waits_next = 0;
     std::minstd_rand rng;
-    std::deque<std::shared_ptr<mux_item>> mux_queue;    // statements waiting to share a connection
+    std::deque<std::shared_ptr<mux_item>> mux_queue; // statements waiting to share a connection
+    // !mux_queue.empty(), readable without the lock: a caller who finds statements queued
+    // joins them instead of trying for a permit of its own (which those are waiting for).
+    std::atomic<bool> mux_pending{false};
+    void queue_changed_locked() noexcept
+    {
+        mux_pending.store(!mux_queue.empty(), std::memory_order_relaxed);
+    }
     std::vector<std::shared_ptr<mux_item>> spare_items; // finished, ready for reuse
     bool sweeping = false;                 // a sweep coroutine enforces pool_timeout on the queue
     std::shared_ptr<event> reconnect_done; // set while a reconnect runs
@@ -481,6 +489,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     item->taken = true;
                     batch.push_back(std::move(item));
                 }
+                s->queue_changed_locked();
                 yield = s->waiting > 0 || s->closing;
             }
             if (batch.empty())
@@ -531,6 +540,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                         ++reruns;
                     }
                 }
+                s->queue_changed_locked();
                 s->counters.statements_multiplexed += batch.size() - reruns;
                 for (auto& item : batch) {
                     if (item->entry.rerun)
@@ -647,13 +657,18 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 item->queued = pool_clock::now();
                 item->waiter.emplace(std::move(handler));
                 item->early = early;
+                // Only the first statement queued needs to kick: while the queue is not empty,
+                // a runner is on its way to it, or every permit is held and its release kicks.
+                bool first = mux_queue.empty();
                 mux_queue.push_back(item);
+                queue_changed_locked();
                 if (opts.pool_timeout.count() > 0 && !sweeping) {
                     sweeping = true;
                     asio::co_spawn(ex, sweep(shared_from_this()), asio::detached);
                 }
                 lock.unlock();
-                kick_mux();
+                if (first)
+                    kick_mux();
                 return;
             }
         }
@@ -1132,6 +1147,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         {
             std::lock_guard lock(mu);
             queued.swap(mux_queue);
+            queue_changed_locked();
         }
         std::vector<std::shared_ptr<mux_item>> closed_items;
         for (auto& item : queued) {
@@ -1444,7 +1460,8 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
             logger()->info("Retrying query after reconnection...");
         // A connection of its own when one is free at once: no batching delay for a lone
         // caller. Otherwise share.
-        if (!s->permits.try_receive([](auto) {})) {
+        if (s->mux_pending.load(std::memory_order_relaxed) ||
+            !s->permits.try_receive([](auto) {})) {
             auto item = s->prepare_item(sql, params, binary, early != nullptr);
             // Queued when awaited; never queued if the awaitable is dropped unawaited.
             return asio::async_initiate<decltype(asio::use_awaitable),
