@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <optional>
 #include <span>
@@ -1414,11 +1415,19 @@ namespace detail {
 
 void owned_statement::assign(std::string_view sql, const params_view& p)
 {
-    check_sql_text(sql);
-    statement_key(key, sql, p);
-    sql_length = sql.size();
     auto n = static_cast<std::size_t>(p.count);
-    types.assign(p.types, p.types + n);
+    auto type_bytes = n * sizeof(oid);
+    // A reused statement (a recycled multiplexing item) mostly gets the text it already holds:
+    // then the key need not be built, nor the text checked, again.
+    bool same = sql_length == sql.size() && key.size() == sql.size() + 1 + type_bytes &&
+                std::memcmp(key.data(), sql.data(), sql.size()) == 0 &&
+                (n == 0 || std::memcmp(key.data() + sql.size() + 1, p.types, type_bytes) == 0);
+    if (!same) {
+        check_sql_text(sql);
+        statement_key(key, sql, p);
+        sql_length = sql.size();
+        types.assign(p.types, p.types + n);
+    }
     lengths.assign(p.lengths, p.lengths + n);
     formats.assign(p.formats, p.formats + n);
     // Resized, not reassigned: a reused item keeps its strings' buffers.

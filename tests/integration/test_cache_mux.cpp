@@ -638,6 +638,57 @@ TEST(mux, small_and_large_results_in_one_batch_each_reach_their_caller)
         10s);
 }
 
+// The same text with parameters of other types is another statement: multiplexed callers
+// alternating between them (on recycled queue items) each run their own.
+TEST(mux, same_text_with_other_parameter_types_stays_apart)
+{
+    run(
+        []() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            // int4 || text, or (unknown, resolved as text) || text: prepared with the other
+            // parameter type, each would fail (22P02) or read the binary int4 as text.
+            const std::string sql = "SELECT ($1 || '')::text";
+            pgco::pool p(ex, pgco::pool_options::from_url(url_with("connection_limit=1")));
+            constexpr int callers = 100;
+            int done = 0, correct = 0;
+            std::vector<std::string> unexpected;
+            for (int i = 0; i < callers; ++i)
+                asio::co_spawn(
+                    ex,
+                    [&, i]() -> awaitable<void> {
+                        try {
+                            for (int round = 0; round < 3; ++round) {
+                                bool text = (i + round) % 2 == 0;
+                                std::string want = (text ? "t" : "") + std::to_string(i);
+                                // Not `text ? co_await ... : co_await ...`: GCC 12
+                                // miscompiles temporaries in a conditional around co_await.
+                                std::string got;
+                                if (text)
+                                    got = co_await p.query_one<std::string>(sql, want);
+                                else
+                                    got = co_await p.query_one<std::string>(sql, i);
+                                if (got != want)
+                                    unexpected.push_back("caller " + std::to_string(i) + ": " +
+                                                         got + ", expected " + want);
+                                else
+                                    ++correct;
+                            }
+                        } catch (const std::exception& e) {
+                            unexpected.push_back("caller " + std::to_string(i) + ": " + e.what());
+                        }
+                        ++done;
+                    },
+                    asio::detached);
+            EXPECT_TRUE(co_await eventually([&] { return done == callers; }, 8s));
+            EXPECT_EQ(correct, 3 * callers);
+            for (const auto& u : unexpected)
+                ADD_FAILURE() << u;
+            EXPECT_GT(p.stats().statements_multiplexed, 0u);
+            co_await p.close();
+        },
+        10s);
+}
+
 TEST(mux, acquire_and_transactions_are_not_starved_by_multiplexed_load)
 {
     const auto table = cm_unique("mux_starve");
