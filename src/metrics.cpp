@@ -102,7 +102,7 @@ std::string seconds(std::chrono::microseconds us)
     long long v = us.count();
     std::string out;
     if (v < 0) {
-        out = "-";
+        out.push_back('-'); // not `out = "-"`: GCC 12 warns falsely (-Wstringop-overflow) there
         v = -v;
     }
     out += std::to_string(v / 1000000);
