@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <linux/futex.h>
+#include <pthread.h>
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -320,16 +321,35 @@ connect_workers::~connect_workers()
     }
 }
 
+namespace {
+
+// Guards instance(). fork() copies only the calling thread: a child forked while another
+// thread held this lock would wait for it forever in its first connect. So fork() takes it
+// first, and parent and child each let it go.
+std::mutex instance_mutex;
+void lock_before_fork()
+{
+    instance_mutex.lock();
+}
+void unlock_after_fork()
+{
+    instance_mutex.unlock();
+}
+// At load time, before any thread of the application can hold the lock.
+[[maybe_unused]] const int fork_handlers =
+    ::pthread_atfork(&lock_before_fork, &unlock_after_fork, &unlock_after_fork);
+
+} // namespace
+
 connect_workers& connect_workers::instance()
 {
     // A process forked after the workers started has none (fork copies only the calling
     // thread): its connects would wait forever. So the child starts workers of its own. The
     // parent's object stays as it is: its threads cannot be joined in the child. Neither is
     // ever destroyed (a connect may still be running on a worker at exit).
-    static std::mutex m;
     static connect_workers* workers = nullptr;
     static pid_t owner = 0;
-    std::lock_guard lock(m);
+    std::lock_guard lock(instance_mutex);
     if (!workers || owner != ::getpid()) {
         workers = new connect_workers();
         owner = ::getpid();

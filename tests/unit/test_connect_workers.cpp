@@ -213,3 +213,46 @@ TEST(connect_workers, a_process_forked_after_they_started_gets_workers_of_its_ow
     };
     EXPECT_EXIT(fork_and_post(), testing::ExitedWithCode(0), "forked child: step done");
 }
+
+TEST(connect_workers, a_process_forked_while_another_thread_asks_for_them_gets_workers)
+{
+    GTEST_FLAG_SET(death_test_style, "threadsafe");
+    auto forks = [] {
+        connect_workers::instance(); // started once, and settled, before the first fork()
+        std::this_thread::sleep_for(200ms);
+        std::atomic<bool> stop{false};
+        std::atomic<long> asked{0};
+        std::thread asker([&] {
+            while (!stop.load()) {
+                connect_workers::instance();
+                asked.fetch_add(1);
+            }
+        });
+        // Not while the new thread is still starting: AddressSanitizer's thread set-up holds
+        // its allocator's locks, and a child forked then hangs in its first allocation.
+        while (asked.load() < 1000)
+            std::this_thread::sleep_for(1ms);
+        std::this_thread::sleep_for(50ms);
+        int failed = 0;
+        for (int i = 0; i < 100 && failed == 0; ++i) {
+            pid_t child = ::fork();
+            if (child == 0) {
+                ::alarm(5); // a child stuck in instance() ends here
+                std::_Exit(time_one_step(0) >= 0 ? 0 : 1);
+            }
+            int status = 0;
+            ::waitpid(child, &status, 0);
+            if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+                failed = i + 1;
+        }
+        stop = true;
+        asker.join();
+        if (failed != 0) {
+            std::fprintf(stderr, "child %d of 100 got no workers\n", failed);
+            std::_Exit(1);
+        }
+        std::fprintf(stderr, "100 children got workers\n");
+        std::_Exit(0);
+    };
+    EXPECT_EXIT(forks(), testing::ExitedWithCode(0), "100 children got workers");
+}
