@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
@@ -95,6 +96,15 @@ void receive_notice(void* arg, const PGresult* notice)
     auto level = c->doomed ? spdlog::level::warn : spdlog::level::info;
     if (l->should_log(level))
         l->log(level, "server notice: {}", trimmed(PQresultErrorMessage(notice)));
+}
+
+// Notices while connecting are only logged: a connect step may still run on a worker after the
+// loop gave up on it (see poll_off_loop), when its connection_impl may be gone.
+void log_connect_notice(void*, const PGresult* notice)
+{
+    auto l = logger();
+    if (l->should_log(spdlog::level::info))
+        l->info("server notice: {}", trimmed(PQresultErrorMessage(notice)));
 }
 
 // libpq does not report a SQLSTATE for failures while connecting; these messages are the
@@ -303,23 +313,109 @@ asio::awaitable<void> resolve_hosts(connection_impl& c, conn_params& p)
 // would stall every other coroutine for tens of milliseconds. So every step runs on
 // connect_workers (at a priority that yields to the loop); the PGconn is handed over and back,
 // never shared.
-asio::awaitable<PostgresPollingStatusType> poll_off_loop(PGconn* conn)
+//
+// A step can also block (libpq reading a client certificate from a pipe, GSSAPI asking an
+// unreachable KDC). The loop does not wait for it past the attempt's deadline or the caller's
+// cancellation: it gives the step up, and the PGconn with it. Who decides is settled once:
+// the worker finishing the step, or the loop giving up on it.
+struct step_race
 {
-    return asio::async_initiate<decltype(asio::use_awaitable), void(PostgresPollingStatusType)>(
-        [conn](auto handler) {
-            // Keeps the caller's executor busy meanwhile, so its run() does not return early.
-            auto work = asio::make_work_guard(asio::get_associated_executor(handler));
-            // std::function wants a copyable job; the handler moves only.
-            auto state = std::make_shared<std::pair<decltype(handler), decltype(work)>>(
-                std::move(handler), std::move(work));
-            detail::connect_workers::instance().post([conn, state] {
-                auto status = PQconnectPoll(conn);
-                auto ex = state->second.get_executor();
-                asio::post(ex, [state, status]() mutable { std::move(state->first)(status); });
-                state->second.reset();
+    enum outcome : int
+    {
+        running,
+        finished,
+        abandoned,
+    };
+    std::atomic<int> state{running};
+
+    bool claim(outcome o) noexcept
+    {
+        int expected = running;
+        return state.compare_exchange_strong(expected, o);
+    }
+};
+
+/// Starts one PQconnectPoll on a worker; completes with `(error_code, status)`, or with
+/// operation_aborted once cancelled (given up: the worker finishes the step and closes the
+/// connection).
+struct initiate_step
+{
+    PGconn* conn;
+    std::shared_ptr<step_race> race;
+    asio::any_io_executor ex; // the connection's: where the handler runs unless it says otherwise
+
+    template <class Handler>
+    void operator()(Handler handler) const
+    {
+        auto slot = asio::get_associated_cancellation_slot(handler);
+        // Keeps the caller's executor busy meanwhile, so its run() does not return early.
+        // (A parallel_group's handler names no executor in Boost 1.81: without the default it
+        // would complete on the system executor's threads.)
+        auto work = asio::make_work_guard(asio::get_associated_executor(handler, ex));
+        // std::function wants a copyable job; the handler moves only.
+        auto state = std::make_shared<std::pair<Handler, decltype(work)>>(std::move(handler),
+                                                                          std::move(work));
+        // Called once, by whoever wins the race.
+        auto complete = [state](boost::system::error_code ec, PostgresPollingStatusType status) {
+            auto ex = state->second.get_executor();
+            asio::post(ex, [state, ec, status]() mutable {
+                // The cancellation handler in the slot holds `state`, which holds the handler:
+                // cleared, as a finished operation's slot should be, that cycle goes too.
+                asio::get_associated_cancellation_slot(state->first).clear();
+                auto handler = std::move(state->first);
+                std::move(handler)(ec, status);
             });
-        },
-        asio::use_awaitable);
+            state->second.reset();
+        };
+        if (slot.is_connected())
+            slot.assign([race = race, complete](asio::cancellation_type) {
+                if (race->claim(step_race::abandoned))
+                    complete(asio::error::operation_aborted, PGRES_POLLING_FAILED);
+            });
+        detail::connect_workers::instance().post([conn = conn, race = race, complete] {
+            auto status = PQconnectPoll(conn);
+            if (race->claim(step_race::finished))
+                complete({}, status);
+            else
+                PQfinish(conn); // given up on: no one else holds it any more
+        });
+    }
+};
+
+/// One connect step on the workers, until `timer` expires if there is one. Returns its status,
+/// or nothing if the timer expired first: the step was given up, and `c.conn` with it (the
+/// worker closes it). Throws `cancelled` if the caller was.
+asio::awaitable<std::optional<PostgresPollingStatusType>>
+poll_off_loop(connection_impl& c, std::optional<asio::steady_timer>& timer)
+{
+    auto race = std::make_shared<step_race>();
+    auto step = asio::async_initiate<const asio::deferred_t&,
+                                     void(boost::system::error_code, PostgresPollingStatusType)>(
+        initiate_step{c.conn, race, c.ex}, asio::deferred);
+    boost::system::error_code ec;
+    auto status = PGRES_POLLING_FAILED;
+    bool timer_fired = false;
+    if (timer) {
+        auto [order, step_ec, step_status, timer_ec] =
+            co_await asio::experimental::make_parallel_group(std::move(step),
+                                                             timer->async_wait(asio::deferred))
+                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        ec = step_ec;
+        status = step_status;
+        timer_fired = order[0] == 1 && !timer_ec;
+    } else {
+        auto [step_ec, step_status] = co_await std::move(step)(use_tuple);
+        ec = step_ec;
+        status = step_status;
+    }
+    if (ec != asio::error::operation_aborted)
+        co_return status; // finished, even if the deadline passed meanwhile
+    c.conn = nullptr;     // the worker's now
+    if (!timer_fired)
+        throw error(errc::cancelled, "connecting was cancelled");
+    logger()->debug("a connect step was still running at the attempt's deadline; left to "
+                    "finish on its worker");
+    co_return std::nullopt;
 }
 
 using connect_clock = std::chrono::steady_clock;
@@ -349,7 +445,7 @@ asio::awaitable<attempt_end> connect_attempt(connection_impl& c, const conn_para
         throw error(errc::client_failure, "libpq could not allocate a connection");
     if (PQstatus(c.conn) == CONNECTION_BAD)
         co_return attempt_end::failed;
-    PQsetNoticeReceiver(c.conn, &receive_notice, &c);
+    PQsetNoticeReceiver(c.conn, &log_connect_notice, nullptr);
 
     std::optional<asio::steady_timer> timer;
     if (deadline)
@@ -381,8 +477,12 @@ asio::awaitable<attempt_end> connect_attempt(connection_impl& c, const conn_para
             throw error(errc::cancelled, "connecting was cancelled");
         if (ec)
             throw_connect_failure(c, ec.message());
-        status = co_await poll_off_loop(c.conn);
+        auto step = co_await poll_off_loop(c, timer);
+        if (!step)
+            co_return attempt_end::timed_out;
+        status = *step;
     }
+    PQsetNoticeReceiver(c.conn, &receive_notice, &c);
     co_return attempt_end::connected;
 }
 

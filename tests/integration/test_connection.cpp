@@ -10,21 +10,31 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <thread>
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
@@ -123,6 +133,78 @@ TEST(connection, connect_timeout_against_a_server_that_never_answers)
         EXPECT_LT(elapsed, 1500);
         EXPECT_FALSE(c.is_open());
     });
+}
+
+// A connect step can block inside libpq: here it opens the client certificate, a pipe no one
+// writes to, after a listener said yes to SSL. The connect ends at connect_timeout all the
+// same; the step is left to its worker, which closes the connection once the step returns.
+TEST(connection, a_connect_step_blocked_inside_libpq_ends_at_connect_timeout)
+{
+    char dir_template[] = "/tmp/pgco-blocked-step-XXXXXX";
+    ASSERT_NE(::mkdtemp(dir_template), nullptr);
+    const std::string dir = dir_template;
+    const std::string fifo = dir + "/client.crt";
+    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
+
+    // Answers libpq's SSLRequest with 'S', then waits for the client to hang up.
+    asio::io_context listener_io;
+    asio::ip::tcp::acceptor listener(listener_io, {asio::ip::make_address("127.0.0.1"), 0});
+    auto port = listener.local_endpoint().port();
+    std::atomic<bool> ssl_accepted{false}, hung_up{false};
+    std::thread responder([&] {
+        boost::system::error_code ec;
+        asio::ip::tcp::socket s(listener_io);
+        listener.accept(s, ec);
+        if (ec)
+            return;
+        char request[8];
+        asio::read(s, asio::buffer(request), ec);
+        if (ec)
+            return;
+        asio::write(s, asio::buffer("S", 1), ec);
+        ssl_accepted = !ec;
+        // libpq sends nothing more until it has read the certificate: the next read ends
+        // when the connection is closed (the step given up and finished).
+        s.non_blocking(true);
+        auto until = clock_type::now() + 20s;
+        while (clock_type::now() < until) {
+            char byte;
+            auto n = s.read_some(asio::buffer(&byte, 1), ec);
+            if (ec == asio::error::would_block) {
+                std::this_thread::sleep_for(10ms);
+                continue;
+            }
+            hung_up = ec == asio::error::eof || (!ec && n == 0) || ec;
+            break;
+        }
+    });
+
+    run([&]() -> awaitable<void> {
+        auto opts = pgco::pool_options::from_url(
+            "postgresql://u:secret@127.0.0.1:" + std::to_string(port) +
+            "/db?connect_timeout=1&sslmode=require&gssencmode=disable&sslcert=" + fifo);
+        pgco::connection c(co_await asio::this_coro::executor);
+        auto start = clock_type::now();
+        auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.connect(opts); });
+        auto elapsed = ms_since(start);
+        EXPECT_EQ(e.code(), pgco::errc::connect_timeout) << e.what();
+        EXPECT_GE(elapsed, 990);
+        EXPECT_LT(elapsed, 1500);
+        EXPECT_FALSE(c.is_open());
+    });
+    EXPECT_TRUE(ssl_accepted);
+    EXPECT_FALSE(hung_up); // the step is still blocked on the pipe
+
+    // A writer that closes at once: libpq reads an empty certificate and fails the step, and
+    // the worker closes the connection it was left.
+    int w = ::open(fifo.c_str(), O_WRONLY);
+    EXPECT_GE(w, 0) << std::strerror(errno);
+    if (w >= 0)
+        ::close(w);
+    responder.join();
+    EXPECT_TRUE(hung_up);
+    ::unlink(fifo.c_str());
+    ::rmdir(dir.c_str());
 }
 
 TEST(connection, a_host_that_never_answers_costs_connect_timeout_then_the_next_is_tried)
