@@ -1,5 +1,6 @@
 #include "connect_workers.hpp"
 #include "connection_impl.hpp"
+#include "first_of.hpp"
 
 #include <pgco/batch.hpp>
 #include <pgco/connection.hpp>
@@ -9,7 +10,6 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
 #include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -355,17 +355,19 @@ struct initiate_step
         // std::function wants a copyable job; the handler moves only.
         auto state = std::make_shared<std::pair<Handler, decltype(work)>>(std::move(handler),
                                                                           std::move(work));
-        // Called once, by whoever wins the race.
+        // Called once, by whoever wins the race: the worker, or a cancellation handler in the
+        // slot, whose closure may be destroyed as soon as the job is posted. So nothing of the
+        // closure is touched after the post.
         auto complete = [state](boost::system::error_code ec, PostgresPollingStatusType status) {
-            auto ex = state->second.get_executor();
-            asio::post(ex, [state, ec, status]() mutable {
-                // The cancellation handler in the slot holds `state`, which holds the handler:
-                // cleared, as a finished operation's slot should be, that cycle goes too.
-                asio::get_associated_cancellation_slot(state->first).clear();
-                auto handler = std::move(state->first);
+            auto s = state;
+            auto work = std::move(s->second);
+            auto ex = work.get_executor();
+            asio::post(ex, [s = std::move(s), work = std::move(work), ec, status]() mutable {
+                // The slot is left alone: the thread cancelling may still be inside it. Moving
+                // the handler out ends the cycle through it (slot, closure, state, handler).
+                auto handler = std::move(s->first);
                 std::move(handler)(ec, status);
             });
-            state->second.reset();
         };
         if (slot.is_connected())
             slot.assign([race = race, complete](asio::cancellation_type) {
@@ -397,9 +399,7 @@ poll_off_loop(connection_impl& c, std::optional<asio::steady_timer>& timer)
     bool timer_fired = false;
     if (timer) {
         auto [order, step_ec, step_status, timer_ec] =
-            co_await asio::experimental::make_parallel_group(std::move(step),
-                                                             timer->async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            co_await detail::first_of(std::move(step), timer->async_wait(asio::deferred));
         ec = step_ec;
         status = step_status;
         timer_fired = order[0] == 1 && !timer_ec;
@@ -460,10 +460,8 @@ asio::awaitable<attempt_end> connect_attempt(connection_impl& c, const conn_para
         boost::system::error_code ec;
         bool timed_out = false;
         if (timer) {
-            auto [order, wait_ec, timer_ec] =
-                co_await asio::experimental::make_parallel_group(
-                    c.sock.async_wait(wait, asio::deferred), timer->async_wait(asio::deferred))
-                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            auto [order, wait_ec, timer_ec] = co_await detail::first_of(
+                c.sock.async_wait(wait, asio::deferred), timer->async_wait(asio::deferred));
             timed_out = order[0] == 1 && !timer_ec;
             ec = wait_ec;
         } else {
@@ -577,10 +575,8 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
     if (auto d = next_limit().at) {
         asio::steady_timer t(c.ex, *d);
         auto [order, lookup_ex, timer_ec] =
-            co_await asio::experimental::make_parallel_group(
-                asio::co_spawn(c.ex, resolve_hosts(c, p), asio::deferred),
-                t.async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            co_await detail::first_of(asio::co_spawn(c.ex, resolve_hosts(c, p), asio::deferred),
+                                      t.async_wait(asio::deferred));
         if (order[0] == 1 && !timer_ec)
             throw_connect_timeout(c, "the host names were not looked up in time");
         if (lookup_ex)
@@ -681,10 +677,8 @@ asio::awaitable<void> flush_output(connection_impl& c, std::optional<asio::stead
             }
             asio::steady_timer nudge(c.ex, std::chrono::milliseconds(20));
             auto [order, ec, timer_ec] =
-                co_await asio::experimental::make_parallel_group(
-                    c.sock.async_wait(wait_type::wait_write, asio::deferred),
-                    nudge.async_wait(asio::deferred))
-                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+                co_await detail::first_of(c.sock.async_wait(wait_type::wait_write, asio::deferred),
+                                          nudge.async_wait(asio::deferred));
             if (order[0] == 1 && !timer_ec)
                 ec = {}; // the nudge: just try again
             if (ec || !c.conn) {
@@ -709,10 +703,8 @@ asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_
     try {
         boost::system::error_code ec;
         if (deadline) {
-            auto [order, read_ec, timer_ec] =
-                co_await asio::experimental::make_parallel_group(
-                    c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred))
-                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            auto [order, read_ec, timer_ec] = co_await detail::first_of(
+                c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred));
             if (order[0] == 1 && !timer_ec) {
                 f.timed_out = true;
                 co_return;

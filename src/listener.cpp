@@ -1,4 +1,5 @@
 #include "connection_impl.hpp"
+#include "first_of.hpp"
 
 #include <pgco/connection.hpp>
 #include <pgco/listener.hpp>
@@ -8,7 +9,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/deferred.hpp>
-#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -197,10 +197,8 @@ enum class woke
 // Waits for a state change or the deadline.
 asio::awaitable<woke> wait_signal(listener_state& s, asio::steady_timer& deadline)
 {
-    auto [order, signal_ec, deadline_ec] =
-        co_await asio::experimental::make_parallel_group(s.signal.async_wait(asio::deferred),
-                                                         deadline.async_wait(asio::deferred))
-            .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    auto [order, signal_ec, deadline_ec] = co_await detail::first_of(
+        s.signal.async_wait(asio::deferred), deadline.async_wait(asio::deferred));
     co_await check_interrupted(s);
     co_return order[0] == 1 && !deadline_ec ? woke::deadline : woke::signal;
 }
@@ -211,11 +209,9 @@ asio::awaitable<woke> sleep_for(listener_state& s, std::chrono::milliseconds pau
 {
     asio::steady_timer t(s.ex, pause);
     for (int wakes = 0; wakes < 1000; ++wakes) {
-        auto [order, timer_ec, signal_ec, deadline_ec] =
-            co_await asio::experimental::make_parallel_group(t.async_wait(asio::deferred),
-                                                             s.signal.async_wait(asio::deferred),
-                                                             deadline.async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        auto [order, timer_ec, signal_ec, deadline_ec] = co_await detail::first_of(
+            t.async_wait(asio::deferred), s.signal.async_wait(asio::deferred),
+            deadline.async_wait(asio::deferred));
         co_await check_interrupted(s);
         if (order[0] == 0 && !timer_ec)
             co_return woke::done;
@@ -268,11 +264,9 @@ asio::awaitable<bool> restore(std::shared_ptr<listener_state> sp, asio::steady_t
         }
 
         s.connecting = true;
-        auto [order, connect_ex, signal_ec, deadline_ec] =
-            co_await asio::experimental::make_parallel_group(
-                asio::co_spawn(s.ex, s.conn.connect(s.opts), asio::deferred),
-                s.signal.async_wait(asio::deferred), deadline.async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        auto [order, connect_ex, signal_ec, deadline_ec] = co_await detail::first_of(
+            asio::co_spawn(s.ex, s.conn.connect(s.opts), asio::deferred),
+            s.signal.async_wait(asio::deferred), deadline.async_wait(asio::deferred));
         s.connecting = false;
         if (s.closed || order[0] != 0) {
             // Closed, cancelled, past the deadline or woken: the connect was cancelled and has
@@ -510,11 +504,9 @@ next_impl(std::shared_ptr<listener_state> sp, std::optional<std::chrono::millise
             // A command that waited while this wait was busy (reconnecting) may go ahead now.
             s.next_waiting = true;
             s.wake();
-            auto [order, read_ec, signal_ec, deadline_ec] =
-                co_await asio::experimental::make_parallel_group(
-                    impl.async_wait_readable(asio::deferred), s.signal.async_wait(asio::deferred),
-                    deadline.async_wait(asio::deferred))
-                    .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+            auto [order, read_ec, signal_ec, deadline_ec] = co_await detail::first_of(
+                impl.async_wait_readable(asio::deferred), s.signal.async_wait(asio::deferred),
+                deadline.async_wait(asio::deferred));
             s.next_waiting = false;
             co_await check_interrupted(s);
             if (order[0] == 2 && !deadline_ec)

@@ -1,4 +1,5 @@
 #include "connection_impl.hpp"
+#include "first_of.hpp"
 
 #include <pgco/log.hpp>
 #include <pgco/pool.hpp>
@@ -9,7 +10,6 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/experimental/concurrent_channel.hpp>
-#include <boost/asio/experimental/parallel_group.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -706,10 +706,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             co_return !ec;
         }
         asio::steady_timer timer(ex, deadline);
-        auto [order, receive_ec, timer_ec] =
-            co_await asio::experimental::make_parallel_group(ch.async_receive(asio::deferred),
-                                                             timer.async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        auto [order, receive_ec, timer_ec] = co_await detail::first_of(
+            ch.async_receive(asio::deferred), timer.async_wait(asio::deferred));
         // The receive can succeed even when the timer came first: then the permit is ours.
         if (!receive_ec)
             co_return true;
@@ -843,10 +841,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         // Named before the co_await: GCC 12 destroys lambdas made inside a co_await expression
         // twice.
         auto select_one = [&c]() -> asio::awaitable<void> { co_await c.execute("SELECT 1"); };
-        auto [order, ping_ex, timer_ec] =
-            co_await asio::experimental::make_parallel_group(
-                asio::co_spawn(ex, select_one, asio::deferred), timer.async_wait(asio::deferred))
-                .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+        auto [order, ping_ex, timer_ec] = co_await detail::first_of(
+            asio::co_spawn(ex, select_one, asio::deferred), timer.async_wait(asio::deferred));
         co_return order[0] == 0 && !ping_ex;
     }
 
@@ -1283,10 +1279,8 @@ asio::awaitable<bool> pool::is_connected(std::chrono::milliseconds timeout)
         auto c = co_await detail::pool_state::acquire(s);
         co_await c->execute("SELECT 1");
     };
-    auto [order, check_ex, timer_ec] =
-        co_await asio::experimental::make_parallel_group(asio::co_spawn(ex, check, asio::deferred),
-                                                         timer.async_wait(asio::deferred))
-            .async_wait(asio::experimental::wait_for_one(), asio::use_awaitable);
+    auto [order, check_ex, timer_ec] = co_await detail::first_of(
+        asio::co_spawn(ex, check, asio::deferred), timer.async_wait(asio::deferred));
     co_return order[0] == 0 && !check_ex;
 }
 
