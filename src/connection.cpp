@@ -357,12 +357,13 @@ struct initiate_step
                                                                           std::move(work));
         // Called once, by whoever wins the race: the worker, or a cancellation handler in the
         // slot, whose closure may be destroyed as soon as the job is posted. So nothing of the
-        // closure is touched after the post.
+        // closure is touched after the post. The guard, taken out of it, lasts until post()
+        // has returned: until then the executor's run() must not return, or the io_context
+        // could be destroyed while post() is still signalling it.
         auto complete = [state](boost::system::error_code ec, PostgresPollingStatusType status) {
             auto s = state;
             auto work = std::move(s->second);
-            auto ex = work.get_executor();
-            asio::post(ex, [s = std::move(s), work = std::move(work), ec, status]() mutable {
+            asio::post(work.get_executor(), [s = std::move(s), ec, status]() mutable {
                 // The slot is left alone: the thread cancelling may still be inside it. Moving
                 // the handler out ends the cycle through it (slot, closure, state, handler).
                 auto handler = std::move(s->first);

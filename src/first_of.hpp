@@ -98,7 +98,12 @@ struct initiate_first_of
         std::shared_ptr<cancel_relay> relay;
         if (slot.is_connected()) {
             relay = std::make_shared<cancel_relay>();
-            slot.assign([relay](boost::asio::cancellation_type_t type) { relay->request(type); });
+            // The copy first: what the request sets off can complete the group and resume the
+            // caller on another thread, which drops this handler while it still runs.
+            slot.assign([relay](boost::asio::cancellation_type_t type) {
+                auto keep = relay;
+                keep->request(type);
+            });
         }
         // `relay` here keeps the signal alive while the group writes to its slot, even if the
         // group completes and its handler is gone before async_wait returns.
