@@ -21,6 +21,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <system_error>
 #include <thread>
 
 namespace pgco::detail {
@@ -149,6 +150,10 @@ struct connect_workers::state
     std::atomic<long> times_raised{0};
     std::array<worker, 2> workers;
     std::thread watchdog;
+    // Steps given up on that still run, and spare workers standing in for them. Spares run at
+    // nice 10 (the watchdog does not look after them) and are detached: one may be the thread
+    // that is blocked.
+    std::atomic<int> stuck{0}, spare_count{0};
 
     std::unique_ptr<job> next_job()
     {
@@ -198,6 +203,28 @@ struct connect_workers::state
                     to_ns(hold) &&
                 set_policy(0, SCHED_IDLE))
                 self.raised.store(false, std::memory_order_release);
+        }
+    }
+
+    // A spare takes steps like a worker while steps given up on hold workers, and ends once
+    // there are more spares than such steps.
+    void work_spare()
+    {
+        ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+        for (;;) {
+            int n = spare_count.load(std::memory_order_acquire);
+            while (n > stuck.load(std::memory_order_acquire) || stop.load()) {
+                if (spare_count.compare_exchange_weak(n, n - 1, std::memory_order_acq_rel))
+                    return;
+            }
+            auto seen = posted.load(std::memory_order_acquire);
+            auto j = next_job();
+            if (!j) {
+                wait_for_change(posted, seen);
+                continue;
+            }
+            started.fetch_add(1, std::memory_order_release);
+            j->fn();
         }
     }
 
@@ -317,6 +344,17 @@ connect_workers::~connect_workers()
         w.thread.join();
     if (s_->watchdog.joinable())
         s_->watchdog.join();
+    // Spares are detached. One still blocked in a step keeps the state: it is left, not freed.
+    auto until = clock::now() + std::chrono::seconds(1);
+    while (s_->spare_count.load(std::memory_order_acquire) > 0 && clock::now() < until) {
+        s_->posted.fetch_add(1, std::memory_order_release);
+        wake_all(s_->posted);
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    if (s_->spare_count.load(std::memory_order_acquire) > 0) {
+        (void)s_.release();
+        return;
+    }
     while (s_->next_job()) {
     }
 }
@@ -367,6 +405,42 @@ void connect_workers::post(std::function<void()> job)
     }
     s_->posted.fetch_add(1, std::memory_order_release);
     wake_all(s_->posted); // a worker and, when it sleeps, the watchdog
+}
+
+void connect_workers::step_abandoned()
+{
+    int stuck = s_->stuck.fetch_add(1, std::memory_order_acq_rel) + 1;
+    int n = s_->spare_count.load(std::memory_order_acquire);
+    while (n < std::min(stuck, max_spares)) {
+        if (!s_->spare_count.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel))
+            continue;
+        try {
+            std::thread([s = s_.get()] { s->work_spare(); }).detach();
+        } catch (const std::system_error& e) {
+            s_->spare_count.fetch_sub(1, std::memory_order_acq_rel);
+            logger()->warn("could not start a spare connect worker: {}", e.what());
+            return;
+        }
+        logger()->warn("a connect step is still blocked inside libpq past its attempt's "
+                       "deadline; a spare connect worker stands in for it ({} blocked, {} "
+                       "spare)",
+                       stuck, n + 1);
+        return;
+    }
+    if (stuck > max_spares)
+        logger()->warn("{} connect steps are blocked inside libpq past their deadlines; the {} "
+                       "spare connect workers are all started, so other connects may wait",
+                       stuck, max_spares);
+}
+
+void connect_workers::abandoned_step_returned()
+{
+    s_->stuck.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+int connect_workers::spares() const noexcept
+{
+    return s_->spare_count.load(std::memory_order_acquire);
 }
 
 connect_workers::priority connect_workers::mode() const noexcept

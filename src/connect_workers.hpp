@@ -39,6 +39,20 @@ public:
     /// Runs `job` on a worker. `job` must not throw.
     void post(std::function<void()> job);
 
+    /// Says that the loop gave up on a step still running (blocked inside libpq past its
+    /// attempt's deadline): its worker is held for as long as the step lasts. So that other
+    /// connects do not wait behind it, a spare worker starts, up to `max_spares` at a time.
+    void step_abandoned();
+
+    /// Says that a step given up on has returned (from the worker that ran it). Spares beyond
+    /// those still needed end, the next time they wake.
+    void abandoned_step_returned();
+
+    /// Spare workers running now.
+    int spares() const noexcept;
+
+    static constexpr int max_spares = 8;
+
     priority mode() const noexcept;
 
     /// How often the watchdog raised the workers since the process started.

@@ -372,15 +372,19 @@ struct initiate_step
         };
         if (slot.is_connected())
             slot.assign([race = race, complete](asio::cancellation_type) {
-                if (race->claim(step_race::abandoned))
+                if (race->claim(step_race::abandoned)) {
                     complete(asio::error::operation_aborted, PGRES_POLLING_FAILED);
+                    detail::connect_workers::instance().step_abandoned();
+                }
             });
         detail::connect_workers::instance().post([conn = conn, race = race, complete] {
             auto status = PQconnectPoll(conn);
-            if (race->claim(step_race::finished))
+            if (race->claim(step_race::finished)) {
                 complete({}, status);
-            else
+            } else {
                 PQfinish(conn); // given up on: no one else holds it any more
+                detail::connect_workers::instance().abandoned_step_returned();
+            }
         });
     }
 };

@@ -34,7 +34,9 @@
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
+#include <vector>
 
 namespace asio = boost::asio;
 using namespace std::chrono_literals;
@@ -135,54 +137,127 @@ TEST(connection, connect_timeout_against_a_server_that_never_answers)
     });
 }
 
+namespace {
+
+/// A listener that says yes to libpq's SSLRequest, and a client certificate that is a pipe
+/// nobody writes to: libpq's connect step then blocks opening it, inside PQconnectPoll.
+/// `release()` opens the pipe for writing and closes it at once: every blocked step reads an
+/// empty certificate and fails, and its worker closes the connection, which hangs up here.
+class blocking_ssl_listener
+{
+public:
+    explicit blocking_ssl_listener(int connections) : expected_(connections)
+    {
+        char dir_template[] = "/tmp/pgco-blocked-step-XXXXXX";
+        if (::mkdtemp(dir_template) == nullptr)
+            throw std::runtime_error(std::strerror(errno));
+        dir_ = dir_template;
+        fifo_ = dir_ + "/client.crt";
+        if (::mkfifo(fifo_.c_str(), 0600) != 0)
+            throw std::runtime_error(std::strerror(errno));
+        responder_ = std::thread([this] { serve(); });
+    }
+
+    ~blocking_ssl_listener()
+    {
+        release();
+        if (responder_.joinable())
+            responder_.join();
+        ::unlink(fifo_.c_str());
+        ::rmdir(dir_.c_str());
+    }
+
+    std::string url() const
+    {
+        return "postgresql://u:secret@127.0.0.1:" + std::to_string(port_) +
+               "/db?connect_timeout=1&sslmode=require&gssencmode=disable&sslcert=" + fifo_;
+    }
+
+    int ssl_accepted() const { return ssl_accepted_; }
+    int hung_up() const { return hung_up_; }
+
+    void release()
+    {
+        if (released_.exchange(true))
+            return;
+        int w = ::open(fifo_.c_str(), O_WRONLY | O_NONBLOCK);
+        if (w >= 0)
+            ::close(w);
+        // O_NONBLOCK fails (ENXIO) when no one has the pipe open for reading: no step waits.
+        done_ = true;
+    }
+
+    /// Waits until every accepted connection was closed by the client, up to `limit`.
+    bool wait_hung_up(std::chrono::milliseconds limit)
+    {
+        auto until = clock_type::now() + limit;
+        while (hung_up_ < ssl_accepted_ && clock_type::now() < until)
+            std::this_thread::sleep_for(10ms);
+        return hung_up_ >= ssl_accepted_;
+    }
+
+private:
+    void serve()
+    {
+        std::vector<asio::ip::tcp::socket> open;
+        listener_.non_blocking(true);
+        auto until = clock_type::now() + 30s;
+        while (clock_type::now() < until) {
+            boost::system::error_code ec;
+            if (static_cast<int>(open.size()) < expected_) {
+                asio::ip::tcp::socket s(io_);
+                listener_.accept(s, ec);
+                if (!ec) {
+                    s.non_blocking(false);
+                    char request[8];
+                    asio::read(s, asio::buffer(request), ec);
+                    if (!ec)
+                        asio::write(s, asio::buffer("S", 1), ec);
+                    if (!ec) {
+                        ++ssl_accepted_;
+                        s.non_blocking(true);
+                        open.push_back(std::move(s));
+                    }
+                }
+            }
+            // libpq sends nothing more until it has read the certificate: a read ends when the
+            // connection is closed (the step given up on has finished).
+            for (auto& s : open) {
+                if (!s.is_open())
+                    continue;
+                char byte;
+                s.read_some(asio::buffer(&byte, 1), ec);
+                if (ec != asio::error::would_block) {
+                    s.close();
+                    ++hung_up_;
+                }
+            }
+            if (done_ && hung_up_ >= ssl_accepted_ && ssl_accepted_ > 0)
+                return;
+            std::this_thread::sleep_for(5ms);
+        }
+    }
+
+    int expected_;
+    std::string dir_, fifo_;
+    asio::io_context io_;
+    asio::ip::tcp::acceptor listener_{io_, {asio::ip::make_address("127.0.0.1"), 0}};
+    unsigned short port_ = listener_.local_endpoint().port();
+    std::atomic<int> ssl_accepted_{0}, hung_up_{0};
+    std::atomic<bool> released_{false}, done_{false};
+    std::thread responder_;
+};
+
+} // namespace
+
 // A connect step can block inside libpq: here it opens the client certificate, a pipe no one
 // writes to, after a listener said yes to SSL. The connect ends at connect_timeout all the
 // same; the step is left to its worker, which closes the connection once the step returns.
 TEST(connection, a_connect_step_blocked_inside_libpq_ends_at_connect_timeout)
 {
-    char dir_template[] = "/tmp/pgco-blocked-step-XXXXXX";
-    ASSERT_NE(::mkdtemp(dir_template), nullptr);
-    const std::string dir = dir_template;
-    const std::string fifo = dir + "/client.crt";
-    ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0) << std::strerror(errno);
-
-    // Answers libpq's SSLRequest with 'S', then waits for the client to hang up.
-    asio::io_context listener_io;
-    asio::ip::tcp::acceptor listener(listener_io, {asio::ip::make_address("127.0.0.1"), 0});
-    auto port = listener.local_endpoint().port();
-    std::atomic<bool> ssl_accepted{false}, hung_up{false};
-    std::thread responder([&] {
-        boost::system::error_code ec;
-        asio::ip::tcp::socket s(listener_io);
-        listener.accept(s, ec);
-        if (ec)
-            return;
-        char request[8];
-        asio::read(s, asio::buffer(request), ec);
-        if (ec)
-            return;
-        asio::write(s, asio::buffer("S", 1), ec);
-        ssl_accepted = !ec;
-        // libpq sends nothing more until it has read the certificate: the next read ends
-        // when the connection is closed (the step given up and finished).
-        s.non_blocking(true);
-        auto until = clock_type::now() + 20s;
-        while (clock_type::now() < until) {
-            char byte;
-            auto n = s.read_some(asio::buffer(&byte, 1), ec);
-            if (ec == asio::error::would_block) {
-                std::this_thread::sleep_for(10ms);
-                continue;
-            }
-            hung_up = ec == asio::error::eof || (!ec && n == 0) || ec;
-            break;
-        }
-    });
-
+    blocking_ssl_listener blocking(1);
     run([&]() -> awaitable<void> {
-        auto opts = pgco::pool_options::from_url(
-            "postgresql://u:secret@127.0.0.1:" + std::to_string(port) +
-            "/db?connect_timeout=1&sslmode=require&gssencmode=disable&sslcert=" + fifo);
+        auto opts = pgco::pool_options::from_url(blocking.url());
         pgco::connection c(co_await asio::this_coro::executor);
         auto start = clock_type::now();
         auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.connect(opts); });
@@ -192,19 +267,35 @@ TEST(connection, a_connect_step_blocked_inside_libpq_ends_at_connect_timeout)
         EXPECT_LT(elapsed, 1500);
         EXPECT_FALSE(c.is_open());
     });
-    EXPECT_TRUE(ssl_accepted);
-    EXPECT_FALSE(hung_up); // the step is still blocked on the pipe
+    EXPECT_EQ(blocking.ssl_accepted(), 1);
+    EXPECT_EQ(blocking.hung_up(), 0); // the step is still blocked on the pipe
+    blocking.release();
+    EXPECT_TRUE(blocking.wait_hung_up(10s));
+}
 
-    // A writer that closes at once: libpq reads an empty certificate and fails the step, and
-    // the worker closes the connection it was left.
-    int w = ::open(fifo.c_str(), O_WRONLY);
-    EXPECT_GE(w, 0) << std::strerror(errno);
-    if (w >= 0)
-        ::close(w);
-    responder.join();
-    EXPECT_TRUE(hung_up);
-    ::unlink(fifo.c_str());
-    ::rmdir(dir.c_str());
+// Both connect workers held by steps blocked inside libpq: spare workers stand in, and a
+// connect to a working server goes ahead at once instead of waiting for them.
+TEST(connection, connect_steps_blocked_inside_libpq_do_not_hold_up_other_connects)
+{
+    blocking_ssl_listener blocking(2);
+    run([&]() -> awaitable<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto opts = pgco::pool_options::from_url(blocking.url());
+        pgco::connection a(ex), b(ex);
+        // One after the other: each blocks its own worker.
+        for (auto* c : {&a, &b}) {
+            auto e = co_await expect_error([&]() -> awaitable<void> { co_await c->connect(opts); });
+            EXPECT_EQ(e.code(), pgco::errc::connect_timeout) << e.what();
+        }
+        EXPECT_EQ(blocking.ssl_accepted(), 2);
+        EXPECT_EQ(blocking.hung_up(), 0);
+        auto start = clock_type::now();
+        auto c = co_await connected();
+        EXPECT_LT(ms_since(start), 1000) << "the connect waited for a blocked step";
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 1"), 1);
+    });
+    blocking.release();
+    EXPECT_TRUE(blocking.wait_hung_up(10s));
 }
 
 TEST(connection, a_host_that_never_answers_costs_connect_timeout_then_the_next_is_tried)

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -255,4 +256,57 @@ TEST(connect_workers, a_process_forked_while_another_thread_asks_for_them_gets_w
         std::_Exit(0);
     };
     EXPECT_EXIT(forks(), testing::ExitedWithCode(0), "100 children got workers");
+}
+
+// Two steps blocked inside libpq (a client certificate that is a pipe nobody writes) hold both
+// workers after the loop gave up on them: spares stand in, so the next connect's steps still
+// run, and they end once the blocked steps have returned.
+TEST(connect_workers, steps_given_up_on_while_blocked_do_not_hold_up_the_next)
+{
+    auto& workers = connect_workers::instance();
+    ASSERT_EQ(workers.spares(), 0);
+    std::mutex m;
+    std::condition_variable cv;
+    bool release = false;
+    countdown blocking(2), returned(2);
+    for (int i = 0; i < 2; ++i)
+        workers.post([&] {
+            blocking.done();
+            std::unique_lock lock(m);
+            cv.wait_for(lock, 20s, [&] { return release; });
+            lock.unlock();
+            connect_workers::instance().abandoned_step_returned(); // as a given-up step does
+            returned.done();
+        });
+    ASSERT_TRUE(blocking.wait(5s)) << "the two workers did not take the blocking steps";
+    workers.step_abandoned();
+    workers.step_abandoned();
+    EXPECT_EQ(workers.spares(), 2);
+
+    auto next = std::make_shared<countdown>(1); // may outlive the test if it fails
+    workers.post([next] { next->done(); });
+    EXPECT_TRUE(next->wait(2s)) << "a step waited behind the blocked ones";
+
+    // At most max_spares, however many steps are given up on.
+    for (int i = 2; i < connect_workers::max_spares + 3; ++i)
+        workers.step_abandoned();
+    EXPECT_EQ(workers.spares(), connect_workers::max_spares);
+    for (int i = 2; i < connect_workers::max_spares + 3; ++i)
+        workers.abandoned_step_returned();
+
+    {
+        std::lock_guard lock(m);
+        release = true;
+    }
+    cv.notify_all();
+    ASSERT_TRUE(returned.wait(5s));
+    // Spares end when they next wake; each step posted wakes them.
+    auto until = std::chrono::steady_clock::now() + 5s;
+    while (workers.spares() > 0 && std::chrono::steady_clock::now() < until) {
+        auto ran = std::make_shared<countdown>(1);
+        workers.post([ran] { ran->done(); });
+        EXPECT_TRUE(ran->wait(2s));
+        std::this_thread::sleep_for(5ms);
+    }
+    EXPECT_EQ(workers.spares(), 0);
 }
