@@ -154,6 +154,7 @@ struct connect_workers::state
     // nice 10 (the watchdog does not look after them) and are detached: one may be the thread
     // that is blocked.
     std::atomic<int> stuck{0}, spare_count{0};
+    std::atomic<bool> all_spares_warned{false};
 
     std::unique_ptr<job> next_job()
     {
@@ -405,13 +406,24 @@ void connect_workers::post(std::function<void()> job)
     }
     s_->posted.fetch_add(1, std::memory_order_release);
     wake_all(s_->posted); // a worker and, when it sleeps, the watchdog
+    if (s_->stuck.load(std::memory_order_acquire) > 0)
+        add_spares();
 }
 
-void connect_workers::step_abandoned()
+// Only when a step is posted: a step given up on because its caller was cancelled usually
+// returns within milliseconds, and needs no stand-in unless other steps come meanwhile.
+void connect_workers::add_spares()
 {
-    int stuck = s_->stuck.fetch_add(1, std::memory_order_acq_rel) + 1;
-    int n = s_->spare_count.load(std::memory_order_acquire);
-    while (n < std::min(stuck, max_spares)) {
+    for (;;) {
+        int stuck = s_->stuck.load(std::memory_order_acquire);
+        int n = s_->spare_count.load(std::memory_order_acquire);
+        if (n >= std::min(stuck, max_spares)) {
+            if (stuck > max_spares && !s_->all_spares_warned.exchange(true))
+                logger()->warn("{} connect steps given up on still run inside libpq; all {} "
+                               "spare connect workers are started, so other connects may wait",
+                               stuck, max_spares);
+            return;
+        }
         if (!s_->spare_count.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel))
             continue;
         try {
@@ -421,16 +433,15 @@ void connect_workers::step_abandoned()
             logger()->warn("could not start a spare connect worker: {}", e.what());
             return;
         }
-        logger()->warn("a connect step is still blocked inside libpq past its attempt's "
-                       "deadline; a spare connect worker stands in for it ({} blocked, {} "
-                       "spare)",
+        logger()->warn("{} connect step(s) given up on still run inside libpq (blocked, most "
+                       "likely); a spare connect worker stands in ({} running)",
                        stuck, n + 1);
-        return;
     }
-    if (stuck > max_spares)
-        logger()->warn("{} connect steps are blocked inside libpq past their deadlines; the {} "
-                       "spare connect workers are all started, so other connects may wait",
-                       stuck, max_spares);
+}
+
+void connect_workers::step_abandoned()
+{
+    s_->stuck.fetch_add(1, std::memory_order_acq_rel);
 }
 
 void connect_workers::abandoned_step_returned()

@@ -40,8 +40,9 @@ public:
     void post(std::function<void()> job);
 
     /// Says that the loop gave up on a step still running (blocked inside libpq past its
-    /// attempt's deadline): its worker is held for as long as the step lasts. So that other
-    /// connects do not wait behind it, a spare worker starts, up to `max_spares` at a time.
+    /// attempt's deadline, or its caller cancelled): its worker is held for as long as the
+    /// step lasts. So that other connects do not wait behind it, the next `post` starts a
+    /// spare worker in its stead, up to `max_spares` at a time.
     void step_abandoned();
 
     /// Says that a step given up on has returned (from the worker that ran it). Spares beyond
@@ -64,6 +65,7 @@ public:
 
 private:
     connect_workers();
+    void add_spares();
     struct state;
     std::unique_ptr<state> s_;
 };

@@ -281,15 +281,17 @@ TEST(connect_workers, steps_given_up_on_while_blocked_do_not_hold_up_the_next)
     ASSERT_TRUE(blocking.wait(5s)) << "the two workers did not take the blocking steps";
     workers.step_abandoned();
     workers.step_abandoned();
-    EXPECT_EQ(workers.spares(), 2);
+    EXPECT_EQ(workers.spares(), 0) << "spares start only when a step comes";
 
     auto next = std::make_shared<countdown>(1); // may outlive the test if it fails
     workers.post([next] { next->done(); });
     EXPECT_TRUE(next->wait(2s)) << "a step waited behind the blocked ones";
+    EXPECT_EQ(workers.spares(), 2);
 
     // At most max_spares, however many steps are given up on.
     for (int i = 2; i < connect_workers::max_spares + 3; ++i)
         workers.step_abandoned();
+    workers.post([] {});
     EXPECT_EQ(workers.spares(), connect_workers::max_spares);
     for (int i = 2; i < connect_workers::max_spares + 3; ++i)
         workers.abandoned_step_returned();
