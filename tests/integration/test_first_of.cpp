@@ -82,6 +82,38 @@ std::future<std::exception_ptr> spawn(threaded_context& ctx, asio::cancellation_
     return f;
 }
 
+/// The last wait of both cancellation tests: two 10 s timers, which only a cancellation of the
+/// caller ends early. `waiting` is set just before it; `cancelled` once both were aborted.
+asio::awaitable<void> wait_to_be_cancelled(std::atomic<bool>& waiting, std::atomic<bool>& cancelled)
+{
+    auto ex = co_await asio::this_coro::executor;
+    asio::steady_timer a(ex, 10s), b(ex, 10s);
+    waiting = true;
+    auto [order, a_ec, b_ec] =
+        co_await pgco::detail::first_of(a.async_wait(asio::deferred), b.async_wait(asio::deferred));
+    cancelled = a_ec == asio::error::operation_aborted && b_ec == asio::error::operation_aborted;
+}
+
+/// Once the coroutine is `waiting` (within `limit`) and `settle` later, cancels it through
+/// `sig` on one of the context's threads, and checks that its wait ended within 3 s, cancelled.
+void cancel_its_last_wait(threaded_context& ctx, asio::cancellation_signal& sig,
+                          std::future<std::exception_ptr>& f, const std::atomic<bool>& waiting,
+                          const std::atomic<bool>& cancelled, std::chrono::seconds limit,
+                          std::chrono::milliseconds settle)
+{
+    auto start = std::chrono::steady_clock::now();
+    while (!waiting && std::chrono::steady_clock::now() - start < limit)
+        std::this_thread::sleep_for(1ms);
+    ASSERT_TRUE(waiting) << "the groups before the last wait did not complete in " << limit.count()
+                         << " s";
+    std::this_thread::sleep_for(settle);
+    asio::post(ctx.ioc, [&] { sig.emit(asio::cancellation_type::terminal); });
+    ASSERT_EQ(f.wait_for(3s), std::future_status::ready)
+        << "cancelling the caller did not end its wait";
+    EXPECT_FALSE(f.get());
+    EXPECT_TRUE(cancelled) << "the wait ended without being cancelled";
+}
+
 } // namespace
 
 // The group completes, and its caller goes on to the next wait, before the thread that launched
@@ -97,24 +129,10 @@ TEST(first_of, cancelling_the_caller_reaches_its_next_wait_after_a_group_finishe
         auto ex = co_await asio::this_coro::executor;
         co_await pgco::detail::first_of(asio::post(ex, asio::deferred),
                                         complete_then_stall(ex, 200ms));
-        asio::steady_timer a(ex, 10s), b(ex, 10s);
-        waiting_again = true;
-        auto [order, a_ec, b_ec] = co_await pgco::detail::first_of(a.async_wait(asio::deferred),
-                                                                   b.async_wait(asio::deferred));
-        cancelled =
-            a_ec == asio::error::operation_aborted && b_ec == asio::error::operation_aborted;
+        co_await wait_to_be_cancelled(waiting_again, cancelled);
     });
-    auto start = std::chrono::steady_clock::now();
-    while (!waiting_again && std::chrono::steady_clock::now() - start < 5s)
-        std::this_thread::sleep_for(1ms);
-    ASSERT_TRUE(waiting_again) << "the first group never completed";
-    // Past the stall: the launching thread is done with the first group.
-    std::this_thread::sleep_for(400ms);
-    asio::post(ctx.ioc, [&] { sig.emit(asio::cancellation_type::terminal); });
-    ASSERT_EQ(f.wait_for(3s), std::future_status::ready)
-        << "cancelling the caller did not end its wait";
-    EXPECT_FALSE(f.get());
-    EXPECT_TRUE(cancelled) << "the wait ended without being cancelled";
+    // 400 ms: past the stall, the launching thread is done with the first group.
+    cancel_its_last_wait(ctx, sig, f, waiting_again, cancelled, 5s, 400ms);
 }
 
 // The race without the stall, many times over: LeakSanitizer and ThreadSanitizer watch it (the
@@ -129,23 +147,9 @@ TEST(first_of, many_groups_finishing_on_other_threads_leave_the_caller_cancellab
         for (int i = 0; i < 2000; ++i)
             co_await pgco::detail::first_of(asio::post(ex, asio::deferred),
                                             asio::post(ex, asio::deferred));
-        asio::steady_timer a(ex, 10s), b(ex, 10s);
-        waiting = true;
-        auto [order, a_ec, b_ec] = co_await pgco::detail::first_of(a.async_wait(asio::deferred),
-                                                                   b.async_wait(asio::deferred));
-        cancelled =
-            a_ec == asio::error::operation_aborted && b_ec == asio::error::operation_aborted;
+        co_await wait_to_be_cancelled(waiting, cancelled);
     });
-    auto start = std::chrono::steady_clock::now();
-    while (!waiting && std::chrono::steady_clock::now() - start < 20s)
-        std::this_thread::sleep_for(1ms);
-    ASSERT_TRUE(waiting) << "2000 groups did not complete in 20 s";
-    std::this_thread::sleep_for(100ms);
-    asio::post(ctx.ioc, [&] { sig.emit(asio::cancellation_type::terminal); });
-    ASSERT_EQ(f.wait_for(3s), std::future_status::ready)
-        << "cancelling the caller did not end its wait";
-    EXPECT_FALSE(f.get());
-    EXPECT_TRUE(cancelled);
+    cancel_its_last_wait(ctx, sig, f, waiting, cancelled, 20s, 100ms);
 }
 
 // The results and the order come through as parallel_group gives them.
