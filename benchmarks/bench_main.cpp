@@ -191,12 +191,14 @@ measurement w1_pgco(const pgco::pool_options& opts, long queries)
 
 // ---- pgco through a pool: `tasks` coroutines sharing `queries` ----
 
-/// Runs `queries` calls of `query(pool, i)` (i = 0, 1, ...) from `tasks` coroutines on a pool
-/// of `connections` on a single-threaded io_context. All connections are opened before the
-/// clock starts, as the libpq drivers do.
-template <class Query>
+/// Runs `queries` queries (i = 0, 1, ...) from `tasks` coroutines on a pool of `connections`
+/// on a single-threaded io_context. Each task is `task(pool, claim)`: a loop that runs query
+/// `i` for every `i = claim()` until that is negative, as an application's task would loop
+/// (one coroutine per task, not one more frame per query). All connections are opened before
+/// the clock starts, as the libpq drivers do.
+template <class Task>
 measurement pool_workload(const char* workload, pgco::pool_options opts, std::size_t connections,
-                          int tasks, long queries, Query query)
+                          int tasks, long queries, Task task)
 {
     opts.connection_limit = connections;
     asio::io_context io(1);
@@ -207,12 +209,7 @@ measurement pool_workload(const char* workload, pgco::pool_options opts, std::si
     int live = 0;
     stopwatch sw;
 
-    auto worker = [&]() -> asio::awaitable<void> {
-        while (next < queries) {
-            long i = next++;
-            co_await query(pool, i);
-        }
-    };
+    auto claim = [&next, queries]() noexcept { return next < queries ? next++ : -1L; };
     auto finish = [&] {
         if (--live == 0) {
             m = sw.stop(queries);
@@ -231,7 +228,7 @@ measurement pool_workload(const char* workload, pgco::pool_options opts, std::si
             live = tasks;
             sw.start();
             for (int t = 0; t < tasks; ++t)
-                asio::co_spawn(io, worker(), [&](std::exception_ptr e) {
+                asio::co_spawn(io, task(pool, claim), [&](std::exception_ptr e) {
                     if (e) {
                         next = queries; // stop the others
                         if (!failure)
@@ -375,14 +372,16 @@ measurement w2_libpq(const std::string& conninfo, const std::vector<int>& ids, b
 
 measurement w2_pgco(const pgco::pool_options& opts, const std::vector<int>& ids)
 {
-    auto query = [&ids](pgco::pool& pool, long i) -> asio::awaitable<void> {
-        int id = ids[static_cast<std::size_t>(i)];
-        auto v = co_await pool.query_one<std::string>(w2_sql, id);
-        if (!w2_value_ok(v.size()))
-            throw std::runtime_error("pgco W2 returned a wrong value: " + v);
+    auto task = [&ids](pgco::pool& pool, auto claim) -> asio::awaitable<void> {
+        for (long i; (i = claim()) >= 0;) {
+            int id = ids[static_cast<std::size_t>(i)];
+            auto v = co_await pool.query_one<std::string>(w2_sql, id);
+            if (!w2_value_ok(v.size()))
+                throw std::runtime_error("pgco W2 returned a wrong value: " + v);
+        }
     };
     return pool_workload("W2", opts, w2_connections, w2_tasks, static_cast<long>(ids.size()),
-                         query);
+                         task);
 }
 
 // ---- W3: one connection, SELECT $1::int, as many in flight as allowed ----
@@ -499,14 +498,16 @@ measurement w3_libpq(const std::string& conninfo, long queries, bool prepared, w
 
 measurement w3_pgco(const pgco::pool_options& opts, long queries)
 {
-    auto query = [](pgco::pool& pool, long i) -> asio::awaitable<void> {
-        int v = w3_value(i);
-        int got = co_await pool.query_one<int>(w3_sql, v);
-        if (got != v)
-            throw std::runtime_error("pgco W3 returned " + std::to_string(got) + " for " +
-                                     std::to_string(v));
+    auto task = [](pgco::pool& pool, auto claim) -> asio::awaitable<void> {
+        for (long i; (i = claim()) >= 0;) {
+            int v = w3_value(i);
+            int got = co_await pool.query_one<int>(w3_sql, v);
+            if (got != v)
+                throw std::runtime_error("pgco W3 returned " + std::to_string(got) + " for " +
+                                         std::to_string(v));
+        }
     };
-    return pool_workload("W3", opts, 1, w3_tasks, queries, query);
+    return pool_workload("W3", opts, 1, w3_tasks, queries, task);
 }
 
 /// W3 through pgco's explicit batch API instead of concurrent callers: one coroutine sends
@@ -516,21 +517,23 @@ measurement w3_pgco_batch(const pgco::pool_options& opts, long queries, long per
 {
     long batches = (queries + per_batch - 1) / per_batch;
     pgco::batch b; // reused: its statements keep their buffers
-    auto query = [&b, queries, per_batch](pgco::pool& pool, long n) -> asio::awaitable<void> {
-        long first = n * per_batch;
-        long end = std::min(queries, first + per_batch);
-        b.clear();
-        for (long i = first; i < end; ++i)
-            b.add(w3_sql, w3_value(i));
-        auto results = co_await pool.pipeline(b);
-        for (long i = first; i < end; ++i) {
-            int got = results[static_cast<std::size_t>(i - first)].row_as<int>(0);
-            if (got != w3_value(i))
-                throw std::runtime_error("pgco W3 batch returned " + std::to_string(got) + " for " +
-                                         std::to_string(w3_value(i)));
+    auto task = [&b, queries, per_batch](pgco::pool& pool, auto claim) -> asio::awaitable<void> {
+        for (long n; (n = claim()) >= 0;) {
+            long first = n * per_batch;
+            long end = std::min(queries, first + per_batch);
+            b.clear();
+            for (long i = first; i < end; ++i)
+                b.add(w3_sql, w3_value(i));
+            auto results = co_await pool.pipeline(b);
+            for (long i = first; i < end; ++i) {
+                int got = results[static_cast<std::size_t>(i - first)].template row_as<int>(0);
+                if (got != w3_value(i))
+                    throw std::runtime_error("pgco W3 batch returned " + std::to_string(got) +
+                                             " for " + std::to_string(w3_value(i)));
+            }
         }
     };
-    auto m = pool_workload("W3", opts, 1, 1, batches, query);
+    auto m = pool_workload("W3", opts, 1, 1, batches, task);
     m.queries = queries;
     return m;
 }
