@@ -380,8 +380,7 @@ measurement w2_pgco(const pgco::pool_options& opts, const std::vector<int>& ids)
                 throw std::runtime_error("pgco W2 returned a wrong value: " + v);
         }
     };
-    return pool_workload("W2", opts, w2_connections, w2_tasks, static_cast<long>(ids.size()),
-                         task);
+    return pool_workload("W2", opts, w2_connections, w2_tasks, static_cast<long>(ids.size()), task);
 }
 
 // ---- W3: one connection, SELECT $1::int, as many in flight as allowed ----
