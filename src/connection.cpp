@@ -1,6 +1,7 @@
 #include "connect_workers.hpp"
 #include "connection_impl.hpp"
 #include "first_of.hpp"
+#include "spare_vector.hpp"
 
 #include <pgco/batch.hpp>
 #include <pgco/connection.hpp>
@@ -974,40 +975,34 @@ bool is_cache_invalidation(std::string_view sqlstate)
     return sqlstate == "26000" || sqlstate == "0A000";
 }
 
-// Runs `entries` in one pipeline with one Sync: statements seen before on this connection as
-// named prepared statements, new ones prepared (and described) in the same round trip. The
-// caller holds the connection exclusively.
-asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
-                                   std::span<detail::batch_entry*> entries)
+void fail_all(std::span<detail::batch_entry*> entries, const error& e)
 {
-    connection_impl& c = *self;
-    c.request_sent = false;
-    bool started_idle = PQtransactionStatus(c.conn) == PQTRANS_IDLE;
-    std::vector<pipeline_command> cmds;
-    cmds.reserve(entries.size() + c.cache.evicted.size() + 2);
+    for (auto* entry : entries)
+        entry->err = e;
+}
 
-    auto fail_all = [&](const error& e) {
-        for (auto* entry : entries)
-            entry->err = e;
-    };
+// Queues `entries` into libpq with one Sync (see run_pipeline). False if that failed: the
+// connection is closed and every entry has its error.
+bool send_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
+                   std::vector<pipeline_command>& cmds)
+{
+    cmds.reserve(entries.size() + c.cache.evicted.size() + 2);
     auto send_failed = [&] {
         // Without the Sync nothing of it was committed; a dead connection rolls back the rest.
         std::string why = trimmed(PQerrorMessage(c.conn));
         c.close();
-        fail_all(error(errc::connection_lost, "P1017: server closed the connection: " + why, {},
+        fail_all(entries,
+                 error(errc::connection_lost, "P1017: server closed the connection: " + why, {},
                        why, {}, {}, false));
+        return false;
     };
 
-    if (!PQenterPipelineMode(c.conn)) {
-        send_failed();
-        co_return;
-    }
+    if (!PQenterPipelineMode(c.conn))
+        return send_failed();
     for (auto& name : c.cache.evicted) {
         std::string sql = "DEALLOCATE " + name;
-        if (!PQsendQueryParams(c.conn, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0)) {
-            send_failed();
-            co_return;
-        }
+        if (!PQsendQueryParams(c.conn, sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0))
+            return send_failed();
         cmds.emplace_back(pipeline_command::deallocate, nullptr, std::string());
     }
     c.cache.evicted.clear();
@@ -1027,10 +1022,8 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             if (it == c.cache.end()) {
                 it = c.cache.add(std::string(e->key));
                 if (!PQsendPrepare(c.conn, it->name.c_str(), sql, p.count, p.types) ||
-                    !PQsendDescribePrepared(c.conn, it->name.c_str())) {
-                    send_failed();
-                    co_return;
-                }
+                    !PQsendDescribePrepared(c.conn, it->name.c_str()))
+                    return send_failed();
                 cmds.emplace_back(pipeline_command::prepare, e, it->name);
                 cmds.emplace_back(pipeline_command::describe, e, it->name);
             }
@@ -1043,65 +1036,74 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
                 PQsendQueryParams(c.conn, sql, p.count, p.types, p.values, p.lengths, p.formats, 0);
             cmds.emplace_back(pipeline_command::execute, e, std::string());
         }
-        if (!ok) {
-            send_failed();
-            co_return;
-        }
+        if (!ok)
+            return send_failed();
     }
-    if (!PQpipelineSync(c.conn)) {
-        send_failed();
-        co_return;
-    }
+    if (!PQpipelineSync(c.conn))
+        return send_failed();
     c.request_sent = true;
+    return true;
+}
 
-    // Results arrive in order: each command's, then a null, and the Sync's at the end.
-    auto deadline = make_deadline(c);
+// Where a pipeline's results stand.
+struct pipeline_progress
+{
+    std::size_t at = 0;          // the command whose results come next
+    std::size_t first_error = 0; // the first command that failed (cmds.size(): none)
+    bool synced = false;         // the Sync's result arrived: the batch is over
     io_failure f;
-    std::size_t at = 0, first_error = cmds.size();
-    bool synced = false;
-    co_await flush_output(c, deadline, f);
-    while (!f && !synced) {
-        while (!PQisBusy(c.conn)) {
-            PGresult* r = PQgetResult(c.conn);
-            if (!r) {
-                if (PQstatus(c.conn) == CONNECTION_BAD) {
-                    f.lost = trimmed(PQerrorMessage(c.conn));
-                    break;
-                }
-                ++at;
-                continue;
-            }
-            auto status = PQresultStatus(r);
-            if (status == PGRES_PIPELINE_SYNC) {
-                PQclear(r);
-                synced = true;
+};
+
+// Takes the results libpq holds, in order: each command's, then a null, and the Sync's at the
+// end.
+void take_pipeline_results(connection_impl& c, std::vector<pipeline_command>& cmds,
+                           pipeline_progress& p)
+{
+    auto& [at, first_error, synced, f] = p;
+    while (!PQisBusy(c.conn)) {
+        PGresult* r = PQgetResult(c.conn);
+        if (!r) {
+            if (PQstatus(c.conn) == CONNECTION_BAD) {
+                f.lost = trimmed(PQerrorMessage(c.conn));
                 break;
             }
-            if (at >= cmds.size()) { // more results than commands: not ours to interpret
-                PQclear(r);
-                f.lost = "unexpected results in the pipeline";
-                break;
-            }
-            auto& cmd = cmds[at];
-            if (status == PGRES_FATAL_ERROR && first_error == cmds.size())
-                first_error = at;
-            if (cmd.kind == pipeline_command::execute && cmd.entry->sink && !cmd.res &&
-                !cmd.consumed && (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) &&
-                PQntuples(r) <= detail::batch_entry::early_rows) {
-                // Whether it counts is decided at the Sync, as for a kept result.
-                result taken(r);
-                cmd.entry->sink(cmd.entry->sink_ctx, taken);
-                cmd.consumed = true;
-                continue;
-            }
-            if (!cmd.res || PQresultStatus(cmd.res) != PGRES_FATAL_ERROR)
-                std::swap(cmd.res, r);
-            PQclear(r);
+            ++at;
+            continue;
         }
-        if (synced || f)
+        auto status = PQresultStatus(r);
+        if (status == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
+            synced = true;
             break;
-        co_await read_input(c, deadline, f);
+        }
+        if (at >= cmds.size()) { // more results than commands: not ours to interpret
+            PQclear(r);
+            f.lost = "unexpected results in the pipeline";
+            break;
+        }
+        auto& cmd = cmds[at];
+        if (status == PGRES_FATAL_ERROR && first_error == cmds.size())
+            first_error = at;
+        if (cmd.kind == pipeline_command::execute && cmd.entry->sink && !cmd.res && !cmd.consumed &&
+            (status == PGRES_TUPLES_OK || status == PGRES_COMMAND_OK) &&
+            PQntuples(r) <= detail::batch_entry::early_rows) {
+            // Whether it counts is decided at the Sync, as for a kept result.
+            result taken(r);
+            cmd.entry->sink(cmd.entry->sink_ctx, taken);
+            cmd.consumed = true;
+            continue;
+        }
+        if (!cmd.res || PQresultStatus(cmd.res) != PGRES_FATAL_ERROR)
+            std::swap(cmd.res, r);
+        PQclear(r);
     }
+}
+
+// What became of each entry, once the batch is over (`p.synced`) or failed (`p.f`).
+void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
+                       std::vector<pipeline_command>& cmds, pipeline_progress& p, bool started_idle)
+{
+    auto& [at, first_error, synced, f] = p;
 
     // Prepared statements outlive a rolled-back transaction, so each Parse that succeeded
     // stays cached; the others are forgotten.
@@ -1133,9 +1135,9 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             try {
                 throw_io_failure(c, f, true);
             } catch (const error& e) {
-                fail_all(e);
+                fail_all(entries, e);
             }
-            co_return;
+            return;
         }
         std::string why = said ? std::string(server_error_of(said, true).what())
                                : (f.ec ? f.ec.message() : f.lost);
@@ -1143,8 +1145,8 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
         error lost(errc::connection_lost, "P1017: server closed the connection: " + why, sqlstate,
                    why, {}, {}, true);
         lost.set_maybe_applied(sqlstate.empty());
-        fail_all(lost);
-        co_return;
+        fail_all(entries, lost);
+        return;
     }
     PQexitPipelineMode(c.conn);
 
@@ -1157,7 +1159,7 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             else
                 cmd.entry->res.emplace(std::exchange(cmd.res, nullptr));
         }
-        co_return;
+        return;
     }
     // One statement failed: the server skipped the rest and rolled back what ran before it in
     // the batch's implicit transaction. That one gets its error; the others had no effect and
@@ -1198,6 +1200,33 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
                           e.sqlstate(), {}, {}, {}, false);
         }
     }
+}
+
+// Runs `entries` in one pipeline with one Sync: statements seen before on this connection as
+// named prepared statements, new ones prepared (and described) in the same round trip. The
+// caller holds the connection exclusively. The work is in the functions above: only what
+// lives across a wait is in this coroutine's frame, which stays small enough (≤ 1020 bytes)
+// for Asio to recycle it rather than allocate one per batch.
+asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
+                                   std::span<detail::batch_entry*> entries)
+{
+    connection_impl& c = *self;
+    c.request_sent = false;
+    bool started_idle = PQtransactionStatus(c.conn) == PQTRANS_IDLE;
+    detail::spare_vector<pipeline_command> cmds;
+    if (!send_pipeline(c, entries, *cmds))
+        co_return;
+    pipeline_progress p;
+    p.first_error = cmds->size();
+    auto deadline = make_deadline(c);
+    co_await flush_output(c, deadline, p.f);
+    while (!p.f) {
+        take_pipeline_results(c, *cmds, p);
+        if (p.synced || p.f)
+            break;
+        co_await read_input(c, deadline, p.f);
+    }
+    conclude_pipeline(c, entries, *cmds, p, started_idle);
 }
 
 } // namespace

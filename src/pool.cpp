@@ -1,5 +1,7 @@
 #include "connection_impl.hpp"
 #include "first_of.hpp"
+#include "ring_queue.hpp"
+#include "spare_vector.hpp"
 
 #include <pgco/log.hpp>
 #include <pgco/pool.hpp>
@@ -23,7 +25,6 @@
 #include <array>
 #include <atomic>
 #include <csignal>
-#include <deque>
 #include <mutex>
 #include <random>
 #include <span>
@@ -199,7 +200,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     std::vector<std::chrono::microseconds> waits; // the latest acquire waits, a ring
     std::size_t waits_next = 0;
     std::minstd_rand rng;
-    std::deque<std::shared_ptr<mux_item>> mux_queue; // statements waiting to share a connection
+    ring_queue<std::shared_ptr<mux_item>> mux_queue; // statements waiting to share a connection
     // !mux_queue.empty(), readable without the lock: a caller who finds statements queued
     // joins them instead of trying for a permit of its own (which those are waiting for).
     std::atomic<bool> mux_pending{false};
@@ -368,11 +369,11 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     /// Resumes callers whose statements finished: one posted function for all of them rather
     /// than one wake-up each. Each resumes on its own executor (at once when that is the one
     /// running the function).
-    void resume_callers(std::vector<mux_completion> completions)
+    void resume_callers(spare_vector<mux_completion> completions)
     {
-        if (!completions.empty())
+        if (!completions->empty())
             asio::post(
-                ex, [completions = std::move(completions)]() mutable { resume_now(completions); });
+                ex, [completions = std::move(completions)]() mutable { resume_now(*completions); });
     }
 
     /// True if `e` is a plain io_context executor and this thread runs that io_context: then
@@ -416,12 +417,12 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     /// Completes `items` (outcomes already in their entries).
     void finish(std::span<const std::shared_ptr<mux_item>> items)
     {
-        std::vector<mux_completion> resume;
-        resume.reserve(items.size());
+        spare_vector<mux_completion> resume;
+        resume->reserve(items.size());
         {
             std::lock_guard lock(mu);
             for (auto& item : items)
-                finish_locked(item, resume);
+                finish_locked(item, *resume);
         }
         resume_callers(std::move(resume));
     }
@@ -523,8 +524,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 failed = e;
             }
             std::size_t reruns = 0;
-            std::vector<mux_completion> resume;
-            resume.reserve(batch.size());
+            spare_vector<mux_completion> resume;
+            resume->reserve(batch.size());
             {
                 std::lock_guard lock(s->mu);
                 ++s->counters.pipeline_batches;
@@ -547,7 +548,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                         continue;
                     if (failed && !item->entry.err && !item->entry.res && !item->entry.consumed)
                         item->entry.err = *failed;
-                    s->finish_locked(item, resume);
+                    s->finish_locked(item, *resume);
                 }
             }
             s->resume_callers(std::move(resume));
@@ -590,7 +591,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     co_return;
                 }
                 auto now = pool_clock::now();
-                for (auto& item : s->mux_queue) {
+                for (std::size_t i = 0; i < s->mux_queue.size(); ++i) {
+                    auto& item = s->mux_queue[i];
                     if (item->taken || item->abandoned)
                         continue;
                     if (now - item->queued < s->opts.pool_timeout)
@@ -1139,14 +1141,15 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 signals->clear(ignored);
             }
         }
-        std::deque<std::shared_ptr<mux_item>> queued;
+        ring_queue<std::shared_ptr<mux_item>> queued;
         {
             std::lock_guard lock(mu);
             queued.swap(mux_queue);
             queue_changed_locked();
         }
         std::vector<std::shared_ptr<mux_item>> closed_items;
-        for (auto& item : queued) {
+        for (; !queued.empty(); queued.pop_front()) {
+            auto& item = queued.front();
             item->entry.err = error(errc::pool_closed, "the pool is closed");
             closed_items.push_back(std::move(item));
         }
