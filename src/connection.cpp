@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
@@ -1254,37 +1255,82 @@ void statement_key(std::string& out, std::string_view sql, const params_view& pa
 
 bool shareable_statement(std::string_view sql) noexcept
 {
-    std::size_t i = 0;
-    for (;;) { // skip blanks and comments
-        while (i < sql.size() && (sql[i] == ' ' || sql[i] == '\t' || sql[i] == '\n' ||
-                                  sql[i] == '\r' || sql[i] == '('))
-            ++i;
-        if (sql.substr(i, 2) == "--") {
-            auto nl = sql.find('\n', i);
-            i = nl == std::string_view::npos ? sql.size() : nl + 1;
-        } else if (sql.substr(i, 2) == "/*") {
-            auto end = sql.find("*/", i + 2);
-            i = end == std::string_view::npos ? sql.size() : end + 2;
+    // Runs for every statement: no locale (keywords are ASCII), and the common case, a
+    // statement starting with a six-letter keyword, in one comparison per keyword.
+    if (sql.size() >= 8) {
+        auto key = [](const char(&k)[7]) {
+            std::uint64_t v = 0;
+            for (int i = 5; i >= 0; --i)
+                v = v << 8 | static_cast<unsigned char>(k[i]);
+            return v;
+        };
+        std::uint64_t head;
+        std::memcpy(&head, sql.data(), 8);
+        if constexpr (std::endian::native == std::endian::little) {
+            auto six = head & 0x0000dfdfdfdfdfdf; // the first six bytes, letters upper-cased
+            char next = sql[6];
+            bool word_ends = next == ' ' || next == '\t' || next == '\n' || next == '\r' ||
+                             next == '(' || next == '*' || next == '-' || next == '/';
+            if (word_ends && (six == key("SELECT") || six == key("INSERT") ||
+                              six == key("UPDATE") || six == key("DELETE") || six == key("VALUES")))
+                return true;
+        }
+    }
+    const char* p = sql.data();
+    const char* const end = p + sql.size();
+    for (;;) { // blanks, parentheses and comments before the first word
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == '\f' ||
+                           *p == '\v' || *p == '('))
+            ++p;
+        if (end - p < 2)
+            break;
+        if (p[0] == '-' && p[1] == '-') {
+            while (p < end && *p != '\n')
+                ++p;
+        } else if (p[0] == '/' && p[1] == '*') {
+            // Nested like PostgreSQL's: "/* a /* b */ BEGIN */ SELECT" starts with SELECT.
+            int depth = 0;
+            while (p < end) {
+                if (end - p >= 2 && p[0] == '/' && p[1] == '*') {
+                    ++depth;
+                    p += 2;
+                } else if (end - p >= 2 && p[0] == '*' && p[1] == '/') {
+                    p += 2;
+                    if (--depth == 0)
+                        break;
+                } else {
+                    ++p;
+                }
+            }
         } else {
             break;
         }
     }
-    // ASCII letters only (SQL keywords): no locale lookups on the per-statement path.
-    auto letter = [](char ch) { return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z'); };
-    std::size_t j = i;
-    while (j < sql.size() && letter(sql[j]))
-        ++j;
-    auto word = sql.substr(i, j - i);
-    auto is = [&](std::string_view w) {
-        if (word.size() != w.size())
+    const char* word = p;
+    while (p < end && ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z')))
+        ++p;
+    // An identifier goes on with digits, '_', '$' and non-ASCII bytes: "SELECT_1" is no keyword.
+    if (p < end && ((*p >= '0' && *p <= '9') || *p == '_' || *p == '$' ||
+                    static_cast<unsigned char>(*p) >= 0x80))
+        return false;
+    auto is = [word, n = p - word](std::string_view keyword) {
+        if (n != static_cast<std::ptrdiff_t>(keyword.size()))
             return false;
-        for (std::size_t k = 0; k < w.size(); ++k)
-            if ((word[k] & ~0x20) != w[k]) // upper-cases ASCII letters
+        for (std::size_t k = 0; k < keyword.size(); ++k)
+            if ((word[k] & ~0x20) != keyword[k]) // upper-cases ASCII letters
                 return false;
         return true;
     };
-    return is("SELECT") || is("INSERT") || is("UPDATE") || is("DELETE") || is("WITH") ||
-           is("VALUES") || is("TABLE");
+    switch (p - word) {
+    case 4:
+        return is("WITH");
+    case 5:
+        return is("TABLE");
+    case 6:
+        return is("SELECT") || is("INSERT") || is("UPDATE") || is("DELETE") || is("VALUES");
+    default:
+        return false;
+    }
 }
 
 asio::awaitable<void> run_batch(std::shared_ptr<connection_impl> self,

@@ -3,6 +3,8 @@
 // The state behind pgco::connection, shared with the pool (which watches idle connections).
 // Internal: not installed, includes libpq.
 
+#include "statement_kind.hpp"
+
 #include <pgco/connection.hpp>
 
 #include <boost/asio/buffer.hpp>
@@ -129,11 +131,6 @@ void check_sql_text(std::string_view sql);
 
 /// `sql` + NUL + the parameter types, into `out` (reusing its buffer).
 void statement_key(std::string& out, std::string_view sql, const params_view& params);
-
-/// True for statements worth preparing and safe to share a pipeline with others: plain
-/// SELECT / INSERT / UPDATE / DELETE / WITH / VALUES / TABLE. Transaction control, SET,
-/// utility commands (VACUUM...) run alone, unnamed.
-bool shareable_statement(std::string_view sql) noexcept;
 
 struct connection_impl
 {
