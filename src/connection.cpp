@@ -1604,25 +1604,52 @@ void owned_statement::assign(std::string_view sql, const params_view& p)
     formats.assign(p.formats, p.formats + n);
     // Resized, not reassigned: a reused item keeps its strings' buffers.
     values.resize(n);
-    is_null.resize(n);
+    pointers.resize(n);
     for (std::size_t i = 0; i < n; ++i) {
-        is_null[i] = p.values[i] == nullptr;
-        if (is_null[i]) {
+        if (p.values[i] == nullptr) {
             values[i].clear();
+            pointers[i] = nullptr;
             continue;
         }
-        // Text parameters end at their NUL; binary ones have a length.
+        // Text parameters end at their NUL; binary ones have a length. resize + memcpy rather
+        // than assign: the same length as last time (the usual case) costs no more than the copy.
         std::size_t len = p.formats[i] == 1 ? static_cast<std::size_t>(p.lengths[i])
                                             : std::char_traits<char>::length(p.values[i]);
-        values[i].assign(p.values[i], len);
+        values[i].resize(len);
+        std::memcpy(values[i].data(), p.values[i], len);
+        pointers[i] = values[i].c_str();
     }
 }
 
-params_view owned_statement::view()
+owned_statement::owned_statement(owned_statement&& other) noexcept
+    : key(std::move(other.key)), sql_length(other.sql_length), types(std::move(other.types)),
+      values(std::move(other.values)), pointers(std::move(other.pointers)),
+      lengths(std::move(other.lengths)), formats(std::move(other.formats))
 {
-    pointers.resize(values.size());
     for (std::size_t i = 0; i < values.size(); ++i)
-        pointers[i] = is_null[i] ? nullptr : values[i].c_str();
+        if (pointers[i])
+            pointers[i] = values[i].c_str();
+}
+
+owned_statement& owned_statement::operator=(owned_statement&& other) noexcept
+{
+    if (this != &other) {
+        key = std::move(other.key);
+        sql_length = other.sql_length;
+        types = std::move(other.types);
+        values = std::move(other.values);
+        pointers = std::move(other.pointers);
+        lengths = std::move(other.lengths);
+        formats = std::move(other.formats);
+        for (std::size_t i = 0; i < values.size(); ++i)
+            if (pointers[i])
+                pointers[i] = values[i].c_str();
+    }
+    return *this;
+}
+
+params_view owned_statement::view() const noexcept
+{
     return {static_cast<int>(values.size()), types.data(), pointers.data(), lengths.data(),
             formats.data()};
 }

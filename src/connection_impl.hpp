@@ -123,6 +123,22 @@ struct batch_entry
     bool consumed = false;
     bool rerun = false; // rolled back or skipped with the batch: run it again, it had no effect
     unsigned reprepared = 0;
+
+    /// As `*this = batch_entry{}`, without building and moving a whole entry (with its
+    /// optional error) for every statement a recycled item carries.
+    void reset() noexcept
+    {
+        key = {};
+        sql_length = 0;
+        params = {};
+        binary = nullptr;
+        sink = nullptr;
+        sink_ctx = nullptr;
+        res.reset();
+        err.reset();
+        consumed = rerun = false;
+        reprepared = 0;
+    }
 };
 
 /// Throws `errc::invalid_parameter` if `sql` contains a NUL byte, which libpq would take for

@@ -687,7 +687,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
     {
         if (item->abandoned)
             return;
-        item->entry = batch_entry{};
+        item->entry.reset();
         item->taken = item->finished = false;
         if (spare_items.size() < 1024)
             spare_items.push_back(item);

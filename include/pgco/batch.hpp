@@ -24,13 +24,19 @@ struct owned_statement
     std::string key; // the SQL, a NUL, the parameter type OIDs (the statement cache's key)
     std::size_t sql_length = 0;
     few<oid> types;
-    few<std::string> values; // encoded parameters; `is_null` marks NULLs
-    few<char> is_null;
-    few<const char*> pointers; // filled by view(): moves may relocate short strings
+    few<std::string> values;   // encoded parameters (empty for NULLs)
+    few<const char*> pointers; // into `values`, null for NULLs: refreshed by assign and moves
     few<int> lengths, formats;
 
+    owned_statement() = default;
+    // A move may relocate short strings: the pointers are taken again.
+    owned_statement(owned_statement&& other) noexcept;
+    owned_statement& operator=(owned_statement&& other) noexcept;
+    owned_statement(const owned_statement&) = delete;
+    owned_statement& operator=(const owned_statement&) = delete;
+
     void assign(std::string_view sql, const params_view& p);
-    params_view view();
+    params_view view() const noexcept;
     std::string_view sql() const noexcept { return {key.data(), sql_length}; }
 };
 
