@@ -1600,12 +1600,15 @@ void owned_statement::assign(std::string_view sql, const params_view& p)
         sql_length = sql.size();
         types.assign(p.types, p.types + n);
     }
-    lengths.assign(p.lengths, p.lengths + n);
-    formats.assign(p.formats, p.formats + n);
-    // Resized, not reassigned: a reused item keeps its strings' buffers.
-    values.resize(n);
-    pointers.resize(n);
+    if (values.size() != n) { // else (a reused item, the usual case) the sizes are right
+        lengths.resize(n);
+        formats.resize(n);
+        values.resize(n); // resized, not reassigned: the strings keep their buffers
+        pointers.resize(n);
+    }
     for (std::size_t i = 0; i < n; ++i) {
+        lengths[i] = p.lengths[i];
+        formats[i] = p.formats[i];
         if (p.values[i] == nullptr) {
             values[i].clear();
             pointers[i] = nullptr;
