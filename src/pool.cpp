@@ -609,46 +609,40 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         }
     }
 
-    /// An item for a statement to be multiplexed (see `retry_loop::run`), with the
-    /// statement copied into it. Throws if the pool is closed or too many statements wait.
-    std::shared_ptr<mux_item> prepare_item(std::string_view sql, const params_view& params,
-                                           binary_check binary, bool early)
-    {
-        std::shared_ptr<mux_item> item;
-        {
-            std::lock_guard lock(mu);
-            if (closing)
-                throw_closed();
-            if (mux_queue.size() >= opts.max_waiters)
-                throw error(errc::pool_exhausted,
-                            "too many statements are waiting for a pooled connection "
-                            "(max_waiters=" +
-                                std::to_string(opts.max_waiters) + ")");
-            if (!spare_items.empty()) {
-                item = std::move(spare_items.back());
-                spare_items.pop_back();
-            }
-        }
-        if (!item)
-            item = std::make_shared<mux_item>();
-        item->copy(sql, params, binary);
-        item->owner = this;
-        if (early) {
-            item->entry.sink = &take_early;
-            item->entry.sink_ctx = item.get();
-        }
-        return item;
-    }
-
-    /// Queues `item` with the handler that resumes its caller, in one step, so that a runner on
-    /// another thread never finds one without the other. pool_timeout is the sweeper's: one
-    /// timer for the whole queue, not one per statement.
-    void enqueue(const std::shared_ptr<mux_item>& item, mux_handler handler, early_result* early)
+    /// Queues a statement to be multiplexed (see `retry_loop::run`) with the handler that
+    /// resumes its caller, in one step under one lock: the statement is copied into a recycled
+    /// item (the caller's frame may be gone before a runner sends it), and a runner on another
+    /// thread never finds the item without its handler. A closed pool, too many waiting
+    /// statements or SQL that cannot be sent complete the handler with the error instead.
+    /// pool_timeout is the sweeper's: one timer for the whole queue, not one per statement.
+    void enqueue(std::string_view sql, const params_view& params, binary_check binary,
+                 mux_handler handler, early_result* early)
     {
         auto slot = asio::get_associated_cancellation_slot(handler);
+        std::exception_ptr refused;
         {
             std::unique_lock lock(mu);
-            if (!closing) {
+            try {
+                if (closing)
+                    throw_closed();
+                if (mux_queue.size() >= opts.max_waiters)
+                    throw error(errc::pool_exhausted,
+                                "too many statements are waiting for a pooled connection "
+                                "(max_waiters=" +
+                                    std::to_string(opts.max_waiters) + ")");
+                std::shared_ptr<mux_item> item;
+                if (!spare_items.empty()) {
+                    item = std::move(spare_items.back());
+                    spare_items.pop_back();
+                } else {
+                    item = std::make_shared<mux_item>();
+                }
+                item->copy(sql, params, binary); // throws (and drops the item) on bad SQL text
+                item->owner = this;
+                if (early) {
+                    item->entry.sink = &take_early;
+                    item->entry.sink_ctx = item.get();
+                }
                 // Under the lock, like the queueing: a cancellation cannot fall between the two
                 // (and be lost), nor can a runner finish the item before the slot is set.
                 if (slot.is_connected())
@@ -662,7 +656,7 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 // Only the first statement queued needs to kick: while the queue is not empty,
                 // a runner is on its way to it, or every permit is held and its release kicks.
                 bool first = mux_queue.empty();
-                mux_queue.push_back(item);
+                mux_queue.push_back(std::move(item));
                 queue_changed_locked();
                 if (opts.pool_timeout.count() > 0 && !sweeping) {
                     sweeping = true;
@@ -672,11 +666,11 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 if (first)
                     kick_mux();
                 return;
+            } catch (...) {
+                refused = std::current_exception();
             }
         }
-        mux_completion c{std::move(handler),
-                         std::make_exception_ptr(error(errc::pool_closed, "the pool is closed")),
-                         result()};
+        mux_completion c{std::move(handler), std::move(refused), result()};
         auto h_ex = asio::get_associated_executor(c.handler);
         asio::post(h_ex, std::move(c));
     }
@@ -1452,19 +1446,19 @@ asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params
 {
     auto& s = state;
     if (s->opts.multiplex && shareable_statement(sql)) {
-        // A closed pool is refused by prepare_item or with_permit below.
+        // A closed pool is refused by enqueue or with_permit below.
         if (retries_ > 0)
             logger()->info("Retrying query after reconnection...");
         // A connection of its own when one is free at once: no batching delay for a lone
         // caller. Otherwise share.
         if (s->mux_pending.load(std::memory_order_relaxed) ||
             !s->permits.try_receive([](auto) {})) {
-            auto item = s->prepare_item(sql, params, binary, early != nullptr);
-            // Queued when awaited; never queued if the awaitable is dropped unawaited.
+            // Queued when awaited; never queued if the awaitable is dropped unawaited. `sql`
+            // and `params` live in the caller's frame until it is resumed: enqueue copies them.
             return asio::async_initiate<decltype(asio::use_awaitable),
                                         void(std::exception_ptr, result)>(
-                [s, item = std::move(item), early](mux_handler handler) {
-                    s->enqueue(item, std::move(handler), early);
+                [s = s.get(), sql, params, binary, early](mux_handler handler) {
+                    s->enqueue(sql, params, binary, std::move(handler), early);
                 },
                 asio::use_awaitable);
         }

@@ -812,6 +812,46 @@ TEST(mux, pool_timeout_while_queued_fails_and_the_statement_never_runs)
     run([&]() -> awaitable<void> { co_await drop_table(table); }, 10s);
 }
 
+TEST(mux, too_many_queued_statements_fail_at_once_and_the_queued_ones_still_run)
+{
+    run(
+        [&]() -> awaitable<void> {
+            auto ex = co_await asio::this_coro::executor;
+            pgco::pool p(ex, pgco::pool_options::from_url(
+                                 url_with("connection_limit=1&max_waiters=2&pool_timeout=5")));
+            auto held = co_await p.acquire(); // the statements below queue for it
+            std::vector<int> got;
+            std::string failed;
+            for (int i = 1; i <= 2; ++i)
+                asio::co_spawn(
+                    ex,
+                    [&, i]() -> awaitable<void> {
+                        try {
+                            got.push_back(co_await p.query_one<int>("SELECT $1::int", i));
+                        } catch (const std::exception& e) {
+                            failed = e.what();
+                        }
+                    },
+                    asio::detached);
+            co_await sleep_for(100ms);
+            EXPECT_TRUE(got.empty());
+
+            auto start = clock_type::now();
+            auto third = [&]() -> awaitable<void> { co_await p.query_one<int>("SELECT 3"); };
+            auto e = co_await expect_error(third);
+            EXPECT_EQ(e.code(), pgco::errc::pool_exhausted) << e.what();
+            EXPECT_NE(std::string(e.what()).find("max_waiters=2"), std::string::npos) << e.what();
+            EXPECT_LT(ms_since(start), 100);
+
+            held.release();
+            EXPECT_TRUE(co_await eventually([&] { return got.size() == 2; }, 2s)) << failed;
+            std::sort(got.begin(), got.end());
+            EXPECT_EQ(got, (std::vector<int>{1, 2}));
+            co_await p.close();
+        },
+        10s);
+}
+
 TEST(mux, cancelled_while_queued_never_runs)
 {
     using namespace asio::experimental::awaitable_operators;
