@@ -885,18 +885,19 @@ result request_outcome(connection_impl& c, request_state& st)
     return std::move(st.last);
 }
 
-/// The common case without a coroutine frame: with the server on the same host the answer is
-/// often there by the time the request is sent. Sends, reads once, and takes the results.
-/// True if that finished the request (then `request_outcome` has it); otherwise, including
-/// on any failure, `complete_request` carries on from where this stopped.
-bool try_complete_now(connection_impl& c, request_state& st)
+/// The common case without a coroutine frame: with the server on the same CPU the answer is
+/// often there by the time the request is sent. Sends, reads once if `read_now` (see
+/// early_read), and takes the results. True if that finished the request (then
+/// `request_outcome` has it); otherwise, including on any failure, `complete_request` carries
+/// on from where this stopped, waiting for input before it reads.
+bool try_complete_now(connection_impl& c, request_state& st, bool read_now)
 {
     if (PQflush(c.conn) != 0)
         return false;
     st.flushed = true;
     if (PQisBusy(c.conn)) {
-        st.read_once = true;
-        if (!PQconsumeInput(c.conn))
+        st.read_once = true; // made, or decided against
+        if (!read_now || !PQconsumeInput(c.conn))
             return false;
     }
     return take_ready_results(c, st);
@@ -1465,8 +1466,11 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
         if (it != c.cache.end() && it->prepared && c.cache.evicted.empty()) {
             // The common case: one Bind/Execute/Sync of a statement the server knows.
             int format = result_format(*it, binary);
-            if (!PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
-                                     params.lengths, params.formats, format)) {
+            auto send_start = std::chrono::steady_clock::now();
+            int sent = PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
+                                           params.lengths, params.formats, format);
+            bool read_now = c.read_policy.after_send(std::chrono::steady_clock::now() - send_start);
+            if (!sent) {
                 if (PQstatus(c.conn) == CONNECTION_BAD)
                     throw_connection_lost(c, {});
                 throw error(errc::client_failure,
@@ -1476,7 +1480,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
             std::optional<error> stale;
             try {
                 request_state st(c, true);
-                if (try_complete_now(c, st))
+                if (try_complete_now(c, st, read_now))
                     co_return request_outcome(c, st);
                 co_return co_await complete_request(self, st);
             } catch (const error& e) {
@@ -1508,8 +1512,11 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
         throw error(errc::client_failure, "the statement could not be prepared");
     }
     c.sql.assign(sql);
-    if (!PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
-                           params.lengths, params.formats, 0)) {
+    auto send_start = std::chrono::steady_clock::now();
+    int sent = PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
+                                 params.lengths, params.formats, 0);
+    bool read_now = c.read_policy.after_send(std::chrono::steady_clock::now() - send_start);
+    if (!sent) {
         // Nothing reached the server in a form it could run: without the closing Sync message
         // an extended-protocol statement is never executed.
         if (PQstatus(c.conn) == CONNECTION_BAD)
@@ -1520,7 +1527,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
     c.request_sent = true;
     request_state st(c, true);
     result res;
-    if (try_complete_now(c, st))
+    if (try_complete_now(c, st, read_now))
         res = request_outcome(c, st);
     else
         res = co_await complete_request(self, st);

@@ -3,6 +3,7 @@
 // The state behind pgco::connection, shared with the pool (which watches idle connections).
 // Internal: not installed, includes libpq.
 
+#include "early_read.hpp"
 #include "statement_kind.hpp"
 
 #include <pgco/connection.hpp>
@@ -169,6 +170,7 @@ struct connection_impl
     bool unfinished = false; // a cancelled request still has results to discard
     bool doomed = false;     // the server announced it is closing this connection (57P01...)
     std::chrono::milliseconds query_timeout{0};
+    early_read read_policy; // whether to read right after sending (see early_read.hpp)
     // Set by a pool before `connect`: no host is tried after it (connect_timeout applies to
     // each host, so several hosts could otherwise take longer than the pool may wait).
     std::optional<std::chrono::steady_clock::time_point> connect_deadline;
