@@ -622,6 +622,8 @@ struct pool_state : std::enable_shared_from_this<pool_state>
         std::exception_ptr refused;
         {
             std::unique_lock lock(mu);
+            // What may refuse the statement comes before the handler is taken.
+            std::shared_ptr<mux_item> item;
             try {
                 if (closing)
                     throw_closed();
@@ -630,7 +632,6 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                                 "too many statements are waiting for a pooled connection "
                                 "(max_waiters=" +
                                     std::to_string(opts.max_waiters) + ")");
-                std::shared_ptr<mux_item> item;
                 if (!spare_items.empty()) {
                     item = std::move(spare_items.back());
                     spare_items.pop_back();
@@ -638,6 +639,10 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                     item = std::make_shared<mux_item>();
                 }
                 item->copy(sql, params, binary); // throws (and drops the item) on bad SQL text
+            } catch (...) {
+                refused = std::current_exception();
+            }
+            if (!refused) {
                 item->owner = this;
                 if (early) {
                     item->entry.sink = &take_early;
@@ -666,8 +671,6 @@ struct pool_state : std::enable_shared_from_this<pool_state>
                 if (first)
                     kick_mux();
                 return;
-            } catch (...) {
-                refused = std::current_exception();
             }
         }
         mux_completion c{std::move(handler), std::move(refused), result()};
