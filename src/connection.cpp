@@ -355,34 +355,39 @@ struct initiate_step
         // would complete on the system executor's threads.)
         auto work = asio::make_work_guard(asio::get_associated_executor(handler, ex));
         // std::function wants a copyable job; the handler moves only.
-        auto state = std::make_shared<std::pair<Handler, decltype(work)>>(std::move(handler),
-                                                                          std::move(work));
+        using state_type = std::pair<Handler, decltype(work)>;
+        auto state = std::make_shared<state_type>(std::move(handler), std::move(work));
         // Called once, by whoever wins the race: the worker, or a cancellation handler in the
         // slot, whose closure may be destroyed as soon as the job is posted. So nothing of the
         // closure is touched after the post. The guard, taken out of it, lasts until post()
         // has returned: until then the executor's run() must not return, or the io_context
-        // could be destroyed while post() is still signalling it.
-        auto complete = [state](boost::system::error_code ec, PostgresPollingStatusType status) {
-            auto s = state;
+        // could be destroyed while post() is still signalling it. The slot is left alone: the
+        // thread cancelling may still be inside it.
+        auto complete = [](std::shared_ptr<state_type> s, boost::system::error_code ec,
+                           PostgresPollingStatusType status) {
             auto work = std::move(s->second);
             asio::post(work.get_executor(), [s = std::move(s), ec, status]() mutable {
-                // The slot is left alone: the thread cancelling may still be inside it. Moving
-                // the handler out ends the cycle through it (slot, closure, state, handler).
                 auto handler = std::move(s->first);
                 std::move(handler)(ec, status);
             });
         };
+        // The slot's handler holds the state weakly: the state holds the caller's handler, and
+        // through it the slot, so a strong reference would make a cycle that nothing breaks if
+        // the completion is destroyed unrun (its io_context destroyed with it queued). Until
+        // the step has finished, the worker's job holds the state.
         if (slot.is_connected())
-            slot.assign([race = race, complete](asio::cancellation_type) {
-                if (race->claim(step_race::abandoned)) {
-                    complete(asio::error::operation_aborted, PGRES_POLLING_FAILED);
-                    detail::connect_workers::instance().step_abandoned();
-                }
+            slot.assign([race = race, weak = std::weak_ptr(state),
+                         complete](asio::cancellation_type) {
+                if (!race->claim(step_race::abandoned))
+                    return;
+                if (auto s = weak.lock())
+                    complete(std::move(s), asio::error::operation_aborted, PGRES_POLLING_FAILED);
+                detail::connect_workers::instance().step_abandoned();
             });
-        detail::connect_workers::instance().post([conn = conn, race = race, complete] {
+        detail::connect_workers::instance().post([conn = conn, race = race, state, complete] {
             auto status = PQconnectPoll(conn);
             if (race->claim(step_race::finished)) {
-                complete({}, status);
+                complete(state, {}, status);
             } else {
                 PQfinish(conn); // given up on: no one else holds it any more
                 detail::connect_workers::instance().abandoned_step_returned();

@@ -176,14 +176,24 @@ public:
     int ssl_accepted() const { return ssl_accepted_; }
     int hung_up() const { return hung_up_; }
 
-    void release()
+    /// Ends the steps blocked on the pipe. With `wait_for_reader`, first waits up to that long
+    /// for a step to open it (one that opens it later would block for good).
+    void release(std::chrono::milliseconds wait_for_reader = 0ms)
     {
         if (released_.exchange(true))
             return;
-        int w = ::open(fifo_.c_str(), O_WRONLY | O_NONBLOCK);
-        if (w >= 0)
-            ::close(w);
-        // O_NONBLOCK fails (ENXIO) when no one has the pipe open for reading: no step waits.
+        auto until = clock_type::now() + wait_for_reader;
+        for (;;) {
+            // O_NONBLOCK fails (ENXIO) when no one has the pipe open for reading.
+            int w = ::open(fifo_.c_str(), O_WRONLY | O_NONBLOCK);
+            if (w >= 0) {
+                ::close(w);
+                break;
+            }
+            if (clock_type::now() >= until)
+                break;
+            std::this_thread::sleep_for(5ms);
+        }
         done_ = true;
     }
 
@@ -271,6 +281,40 @@ TEST(connection, a_connect_step_blocked_inside_libpq_ends_at_connect_timeout)
     EXPECT_EQ(blocking.hung_up(), 0); // the step is still blocked on the pipe
     blocking.release();
     EXPECT_TRUE(blocking.wait_hung_up(10s));
+}
+
+// An io_context destroyed while a connect step's completion waits in its queue (the loop no
+// longer runs, the worker has just finished) frees the connecting coroutine: the completion
+// must not be kept alive by the cancellation handler it left in the coroutine's slot.
+TEST(connection, an_io_context_destroyed_with_a_connect_step_completion_queued_frees_the_coroutine)
+{
+    blocking_ssl_listener blocking(1);
+    std::weak_ptr<int> coroutine_alive;
+    {
+        asio::io_context io;
+        auto token = std::make_shared<int>(0);
+        coroutine_alive = token;
+        asio::co_spawn(
+            io,
+            [token = std::move(token), url = blocking.url()]() -> awaitable<void> {
+                auto opts = pgco::pool_options::from_url(url);
+                pgco::connection c(co_await asio::this_coro::executor);
+                co_await c.connect(opts);
+            },
+            asio::detached);
+        // Until the step reads the client certificate: it blocks on the pipe, in a worker.
+        auto until = clock_type::now() + 10s;
+        while (blocking.ssl_accepted() < 1 && clock_type::now() < until)
+            io.run_for(10ms);
+        ASSERT_EQ(blocking.ssl_accepted(), 1);
+        EXPECT_FALSE(coroutine_alive.expired());
+        // The step fails and posts its completion to `io`, which no longer runs. (Nothing
+        // tells when the worker has posted it; it takes a few ms, and io must outlive that.)
+        blocking.release(10s);
+        std::this_thread::sleep_for(1s);
+    }
+    EXPECT_TRUE(coroutine_alive.expired()) << "the connecting coroutine leaked";
+    EXPECT_TRUE(blocking.wait_hung_up(5s)) << "its libpq connection was not closed";
 }
 
 // Both connect workers held by steps blocked inside libpq: spare workers stand in, and a
