@@ -525,9 +525,11 @@ struct pool_state : std::enable_shared_from_this<pool_state>
             }
             std::size_t reruns = 0;
             spare_vector<mux_completion> resume;
-            // The batch's largest size, not its own: the recycled buffer is then allocated
-            // once, rather than grown (and freed at each size) over the first batches.
-            resume->reserve(s->opts.pipeline_depth);
+            // The batch's largest size (within what the stock keeps), not its own: the
+            // recycled buffer is then allocated once, rather than grown (and freed at each
+            // size) over the first batches.
+            resume->reserve(std::max(batch.size(), std::min(s->opts.pipeline_depth,
+                                                            spare_vector<mux_completion>::kept)));
             {
                 std::lock_guard lock(s->mu);
                 ++s->counters.pipeline_batches;

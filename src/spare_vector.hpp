@@ -29,7 +29,7 @@ public:
             return;
         v_.clear();
         auto& s = stock();
-        if (s.size() < max_stock && v_.capacity() <= max_capacity)
+        if (s.size() < max_stock && v_.capacity() <= kept)
             s.push_back(std::move(v_));
     }
     spare_vector(spare_vector&& other) noexcept : v_(std::move(other.v_)) {}
@@ -37,11 +37,14 @@ public:
     spare_vector(const spare_vector&) = delete;
     spare_vector& operator=(const spare_vector&) = delete;
 
+    /// The largest capacity the stock keeps: a buffer beyond it is freed when dropped.
+    static constexpr std::size_t kept = 4096;
+
     std::vector<T>& operator*() noexcept { return v_; }
     std::vector<T>* operator->() noexcept { return &v_; }
 
 private:
-    static constexpr std::size_t max_stock = 4, max_capacity = 4096;
+    static constexpr std::size_t max_stock = 4;
     static std::vector<std::vector<T>>& stock()
     {
         thread_local std::vector<std::vector<T>> s;
