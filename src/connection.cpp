@@ -1636,14 +1636,40 @@ void owned_statement::assign(std::string_view sql, const params_view& p)
     }
 }
 
+namespace {
+
+using few_strings = owned_statement::few<std::string>;
+using few_pointers = owned_statement::few<const char*>;
+
+void point_into(const few_strings& values, few_pointers& pointers) noexcept
+{
+    for (std::size_t i = 0; i < values.size(); ++i)
+        if (pointers[i])
+            pointers[i] = values[i].c_str();
+}
+
+} // namespace
+
+owned_statement::owned_statement(const owned_statement& other)
+    : key(other.key), sql_length(other.sql_length), types(other.types), values(other.values),
+      pointers(other.pointers), lengths(other.lengths), formats(other.formats)
+{
+    point_into(values, pointers);
+}
+
+owned_statement& owned_statement::operator=(const owned_statement& other)
+{
+    if (this != &other)
+        *this = owned_statement(other);
+    return *this;
+}
+
 owned_statement::owned_statement(owned_statement&& other) noexcept
     : key(std::move(other.key)), sql_length(other.sql_length), types(std::move(other.types)),
       values(std::move(other.values)), pointers(std::move(other.pointers)),
       lengths(std::move(other.lengths)), formats(std::move(other.formats))
 {
-    for (std::size_t i = 0; i < values.size(); ++i)
-        if (pointers[i])
-            pointers[i] = values[i].c_str();
+    point_into(values, pointers);
 }
 
 owned_statement& owned_statement::operator=(owned_statement&& other) noexcept
@@ -1656,9 +1682,7 @@ owned_statement& owned_statement::operator=(owned_statement&& other) noexcept
         pointers = std::move(other.pointers);
         lengths = std::move(other.lengths);
         formats = std::move(other.formats);
-        for (std::size_t i = 0; i < values.size(); ++i)
-            if (pointers[i])
-                pointers[i] = values[i].c_str();
+        point_into(values, pointers);
     }
     return *this;
 }

@@ -29,11 +29,11 @@ struct owned_statement
     few<int> lengths, formats;
 
     owned_statement() = default;
-    // A move may relocate short strings: the pointers are taken again.
+    // A copy or a move may relocate short strings: the pointers are taken again.
+    owned_statement(const owned_statement& other);
+    owned_statement& operator=(const owned_statement& other);
     owned_statement(owned_statement&& other) noexcept;
     owned_statement& operator=(owned_statement&& other) noexcept;
-    owned_statement(const owned_statement&) = delete;
-    owned_statement& operator=(const owned_statement&) = delete;
 
     void assign(std::string_view sql, const params_view& p);
     params_view view() const noexcept;

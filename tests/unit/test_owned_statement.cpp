@@ -48,6 +48,23 @@ TEST(owned_statement, its_parameters_survive_moves_of_short_strings)
     expect_params(moved, "v3");
 }
 
+TEST(owned_statement, a_copy_points_into_its_own_values)
+{
+    std::vector<owned_statement> all;
+    all.push_back(make("SELECT $1::text, $2::int", "short"));
+    owned_statement copy = all[0];
+    owned_statement assigned;
+    assigned = all[0];
+    all.clear(); // the original's buffers are gone
+    expect_params(copy, "short");
+    expect_params(assigned, "short");
+
+    pgco::batch b; // and a batch, made of them, copies
+    b.add("SELECT $1::int", 1);
+    pgco::batch c = b;
+    EXPECT_EQ(c.size(), 1u);
+}
+
 TEST(owned_statement, reuse_takes_the_new_values_and_keeps_nulls_null)
 {
     owned_statement s = make("SELECT $1::text, $2::int", "first");
