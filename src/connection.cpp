@@ -1557,7 +1557,7 @@ asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
     if (b.empty())
         co_return results;
 
-    auto& statements = b.statements();
+    auto statements = b.statements();
     std::vector<detail::batch_entry> storage(statements.size());
     std::vector<detail::batch_entry*> entries;
     entries.reserve(statements.size());

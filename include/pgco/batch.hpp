@@ -5,6 +5,7 @@
 #include <boost/container/small_vector.hpp>
 
 #include <cstddef>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -65,24 +66,33 @@ public:
     batch& add(std::string_view sql, const Params&... params)
     {
         detail::param_pack<sizeof...(Params)> pack(params...);
-        detail::owned_statement statement;
-        statement.assign(sql, pack.view()); // may throw: the batch is then left as it was
-        statements_.push_back(std::move(statement));
+        if (size_ < statements_.size()) {
+            // A statement kept by clear(): its buffers are reused, and its cache key too when
+            // the text is the same. Past size_, so a throw leaves the batch as it was.
+            statements_[size_].assign(sql, pack.view());
+        } else {
+            detail::owned_statement statement;
+            statement.assign(sql, pack.view()); // may throw: the batch is then left as it was
+            statements_.push_back(std::move(statement));
+        }
+        ++size_;
         return *this;
     }
 
     /// Number of statements.
-    std::size_t size() const noexcept { return statements_.size(); }
+    std::size_t size() const noexcept { return size_; }
     /// True if there are none.
-    bool empty() const noexcept { return statements_.empty(); }
-    /// Removes every statement.
-    void clear() noexcept { statements_.clear(); }
+    bool empty() const noexcept { return size_ == 0; }
+    /// Removes every statement. Their buffers are kept for the statements added next (a batch
+    /// refilled in a loop allocates nothing once warm); assign `pgco::batch{}` to free them.
+    void clear() noexcept { size_ = 0; }
 
     /// The statements (for the connection that runs them).
-    std::vector<detail::owned_statement>& statements() noexcept { return statements_; }
+    std::span<detail::owned_statement> statements() noexcept { return {statements_.data(), size_}; }
 
 private:
-    std::vector<detail::owned_statement> statements_;
+    std::vector<detail::owned_statement> statements_; // the first size_ are the batch's
+    std::size_t size_ = 0;
 };
 
 } // namespace pgco

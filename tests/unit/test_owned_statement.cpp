@@ -81,3 +81,34 @@ TEST(owned_statement, reuse_takes_the_new_values_and_keeps_nulls_null)
     EXPECT_EQ(v.values[0], nullptr);
     EXPECT_EQ(s.sql(), "SELECT $1::text");
 }
+
+TEST(batch, refilled_after_clear_holds_just_the_new_statements)
+{
+    pgco::batch b;
+    const std::string one = "one", two = "two", three = "three";
+    b.add("SELECT $1::text", one).add("SELECT $1::text, $2::int", two, 2).add("SELECT 3");
+    ASSERT_EQ(b.size(), 3u);
+    b.clear();
+    EXPECT_TRUE(b.empty());
+    EXPECT_TRUE(b.statements().empty());
+
+    const std::string four = "a value longer than the one this statement held before";
+    b.add("SELECT $1::text, $2::int", four, 4); // reuses the first statement
+    ASSERT_EQ(b.size(), 1u);
+    auto s = b.statements();
+    ASSERT_EQ(s.size(), 1u);
+    EXPECT_EQ(s[0].sql(), "SELECT $1::text, $2::int");
+    auto v = s[0].view();
+    ASSERT_EQ(v.count, 2);
+    EXPECT_STREQ(v.values[0], four.c_str());
+
+    // A statement that cannot be added leaves the batch as it was, spare or not.
+    const std::string nul("x\0y", 3);
+    EXPECT_THROW(b.add("SELECT $1::text", nul), pgco::error);
+    EXPECT_THROW(b.add(std::string_view("SELECT 1\0 WHERE false", 21)), pgco::error);
+    EXPECT_EQ(b.size(), 1u);
+    b.add("SELECT $1::text", three);
+    ASSERT_EQ(b.size(), 2u);
+    EXPECT_STREQ(b.statements()[1].view().values[0], three.c_str());
+    EXPECT_STREQ(b.statements()[0].view().values[0], four.c_str());
+}
