@@ -709,21 +709,23 @@ asio::awaitable<void> flush_output(connection_impl& c, std::optional<asio::stead
 }
 
 // Waits until the server sent something (or the deadline passed) and hands it to libpq.
+// `fresh`: nothing was read since the request was sent on an idle connection, so all that is
+// awaited is new input (see edge_wait.hpp).
 asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_timer>& deadline,
-                                 io_failure& f)
+                                 io_failure& f, bool fresh = false)
 {
     try {
         boost::system::error_code ec;
         if (deadline) {
             auto [order, read_ec, timer_ec] = co_await detail::first_of(
-                c.async_wait_readable(asio::deferred), deadline->async_wait(asio::deferred));
+                c.async_wait_input(fresh, asio::deferred), deadline->async_wait(asio::deferred));
             if (order[0] == 1 && !timer_ec) {
                 f.timed_out = true;
                 co_return;
             }
             ec = read_ec;
         } else {
-            auto [read_ec] = co_await c.async_wait_readable(use_tuple);
+            auto [read_ec] = co_await c.async_wait_input(fresh, use_tuple);
             ec = read_ec;
         }
         if (detail::readable_anyway(ec))
@@ -814,6 +816,7 @@ struct request_state
     bool pipeline;          // a cancelled pipeline (see run_pipeline) ends with its Sync
     bool flushed = false;   // all of the request reached the socket
     bool read_once = false; // the read right after sending was made
+    bool fresh = false;     // sent on an idle connection, nothing read since (see read_input)
     bool completed = false; // the server reported the statement complete
     result last;
     PGresult* first_error = nullptr;
@@ -902,7 +905,11 @@ bool try_complete_now(connection_impl& c, request_state& st, bool read_now)
     st.flushed = true;
     if (PQisBusy(c.conn)) {
         st.read_once = true; // made, or decided against
-        if (!read_now || !PQconsumeInput(c.conn))
+        if (!read_now) {
+            st.fresh = true; // callers send on idle connections only
+            return false;
+        }
+        if (!PQconsumeInput(c.conn))
             return false;
     }
     return take_ready_results(c, st);
@@ -924,7 +931,7 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
     while (!f) {
         if (take_ready_results(c, st))
             co_return request_outcome(c, st);
-        co_await read_input(c, deadline, f);
+        co_await read_input(c, deadline, f, std::exchange(st.fresh, false));
     }
     throw_io_failure(c, f, true);
 }
@@ -1058,6 +1065,7 @@ struct pipeline_progress
     std::size_t at = 0;          // the command whose results come next
     std::size_t first_error = 0; // the first command that failed (cmds.size(): none)
     bool synced = false;         // the Sync's result arrived: the batch is over
+    bool fresh = false;          // nothing read yet from an idle connection (see read_input)
     io_failure f;
 };
 
@@ -1066,7 +1074,7 @@ struct pipeline_progress
 void take_pipeline_results(connection_impl& c, std::vector<pipeline_command>& cmds,
                            pipeline_progress& p)
 {
-    auto& [at, first_error, synced, f] = p;
+    auto& [at, first_error, synced, fresh, f] = p;
     while (!PQisBusy(c.conn)) {
         PGresult* r = PQgetResult(c.conn);
         if (!r) {
@@ -1110,7 +1118,7 @@ void take_pipeline_results(connection_impl& c, std::vector<pipeline_command>& cm
 void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
                        std::vector<pipeline_command>& cmds, pipeline_progress& p, bool started_idle)
 {
-    auto& [at, first_error, synced, f] = p;
+    auto& [at, first_error, synced, fresh, f] = p;
 
     // Prepared statements outlive a rolled-back transaction, so each Parse that succeeded
     // stays cached; the others are forgotten.
@@ -1226,12 +1234,15 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
     pipeline_progress p;
     p.first_error = cmds->size();
     auto deadline = make_deadline(c);
-    co_await flush_output(c, deadline, p.f);
+    // The connection was idle: until something is read, all that can come is new input.
+    p.fresh = PQflush(c.conn) == 0;
+    if (!p.fresh)
+        co_await flush_output(c, deadline, p.f);
     while (!p.f) {
         take_pipeline_results(c, *cmds, p);
         if (p.synced || p.f)
             break;
-        co_await read_input(c, deadline, p.f);
+        co_await read_input(c, deadline, p.f, std::exchange(p.fresh, false));
     }
     conclude_pipeline(c, entries, *cmds, p, started_idle);
 }

@@ -4,6 +4,7 @@
 // Internal: not installed, includes libpq.
 
 #include "early_read.hpp"
+#include "edge_wait.hpp"
 #include "statement_kind.hpp"
 
 #include <pgco/connection.hpp>
@@ -170,7 +171,8 @@ struct connection_impl
     bool unfinished = false; // a cancelled request still has results to discard
     bool doomed = false;     // the server announced it is closing this connection (57P01...)
     std::chrono::milliseconds query_timeout{0};
-    early_read read_policy; // whether to read right after sending (see early_read.hpp)
+    early_read read_policy;           // whether to read right after sending (see early_read.hpp)
+    edge_wait<socket_type> new_input; // the wait without re-arming (see edge_wait.hpp)
     // Set by a pool before `connect`: no host is tried after it (connect_timeout applies to
     // each host, so several hosts could otherwise take longer than the pool may wait).
     std::optional<std::chrono::steady_clock::time_point> connect_deadline;
@@ -225,6 +227,7 @@ struct connection_impl
                          ? addr.ss_family
                          : AF_INET;
         sock.assign(socket_type::protocol_type(family, family == AF_UNIX ? 0 : IPPROTO_TCP), fd);
+        new_input.attach(sock);
     }
 
     /// Completes (with `void(error_code)`) when data, EOF or an error can be read, without
@@ -240,6 +243,14 @@ struct connection_impl
     auto async_wait_readable(Token&& token)
     {
         return sock.async_wait(boost::asio::socket_base::wait_read, std::forward<Token>(token));
+    }
+
+    /// As async_wait_readable; with `fresh`, only for input the server sends after this wait's
+    /// request was sent, nothing read since: one system call less (see edge_wait.hpp).
+    template <class Token>
+    auto async_wait_input(bool fresh, Token&& token)
+    {
+        return new_input.async_wait(sock, fresh, std::forward<Token>(token));
     }
 };
 
