@@ -1456,77 +1456,35 @@ asio::awaitable<void> connection::connect(pool_options opts)
 
 asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params)
 {
-    co_return co_await exec_params(sql, params, nullptr);
+    // Not a coroutine of its own: one frame fewer per statement.
+    return exec_params(sql, params, nullptr);
 }
 
-asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params,
-                                                detail::binary_check binary)
+namespace {
+
+// Sends a statement the server knows as a named prepared statement: one Bind/Execute/Sync.
+// Returns whether to read at once (see early_read); throws if nothing could be sent.
+bool send_prepared(connection_impl& c, const detail::cached_statement& st,
+                   const detail::params_view& params, detail::binary_check binary)
 {
-    detail::check_sql_text(sql);
-    auto self = impl_;
-    ensure_usable(self);
-    busy_guard guard(*self);
-    if (self->unfinished)
-        co_await finish_unfinished(self);
-
-    self->request_sent = false;
-    if (self->doomed) // the server said it is closing this session: nothing can reach it
-        throw_connection_lost(*self, "the server terminated the session");
-
-    // Through the statement cache where it applies. One coroutine for all of it: each nested
-    // one would cost a frame and a resumption per query.
-    connection_impl& c = *self;
-    if (c.cache.capacity > 0 && detail::shareable_statement(sql)) {
-        detail::statement_key(c.sql, sql, params);
-        auto it = c.cache.find(c.sql);
-        if (it != c.cache.end() && it->prepared && c.cache.evicted.empty()) {
-            // The common case: one Bind/Execute/Sync of a statement the server knows.
-            int format = result_format(*it, binary);
-            auto send_start = std::chrono::steady_clock::now();
-            int sent = PQsendQueryPrepared(c.conn, it->name.c_str(), params.count, params.values,
-                                           params.lengths, params.formats, format);
-            bool read_now = c.read_policy.after_send(std::chrono::steady_clock::now() - send_start);
-            if (!sent) {
-                if (PQstatus(c.conn) == CONNECTION_BAD)
-                    throw_connection_lost(c, {});
-                throw error(errc::client_failure,
-                            "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
-            }
-            c.request_sent = true;
-            std::optional<error> stale;
-            try {
-                request_state st(c, true);
-                if (try_complete_now(c, st, read_now))
-                    co_return request_outcome(c, st);
-                co_return co_await complete_request(self, st);
-            } catch (const error& e) {
-                if (e.code() != errc::server_error || !is_cache_invalidation(e.sqlstate()) ||
-                    !c.conn || PQtransactionStatus(c.conn) != PQTRANS_IDLE)
-                    throw;
-                stale = e;
-            }
-            // Nothing ran (the server rejected the statement itself): prepare it afresh.
-            logger()->debug("Prepared statement invalidated ({}); preparing it again",
-                            stale->sqlstate());
-            if (auto again = c.cache.find(c.sql); again != c.cache.end())
-                c.cache.erase(again);
-        }
-        // First sight (or after invalidation): Parse, Describe and Execute in one round trip.
-        detail::batch_entry entry;
-        entry.key = c.sql;
-        entry.sql_length = sql.size();
-        entry.params = params;
-        entry.binary = binary;
-        detail::batch_entry* one[] = {&entry};
-        for (int round = 0; round < 3; ++round) {
-            co_await run_pipeline(self, one);
-            if (entry.err)
-                throw *entry.err;
-            if (entry.res)
-                co_return std::move(*entry.res);
-        }
-        throw error(errc::client_failure, "the statement could not be prepared");
+    int format = result_format(st, binary);
+    auto send_start = std::chrono::steady_clock::now();
+    int sent = PQsendQueryPrepared(c.conn, st.name.c_str(), params.count, params.values,
+                                   params.lengths, params.formats, format);
+    bool read_now = c.read_policy.after_send(std::chrono::steady_clock::now() - send_start);
+    if (!sent) {
+        if (PQstatus(c.conn) == CONNECTION_BAD)
+            throw_connection_lost(c, {});
+        throw error(errc::client_failure,
+                    "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
     }
+    c.request_sent = true;
+    return read_now;
+}
+
+// Sends a statement as an unnamed one (the cache is off, or the statement is not shareable).
+bool send_unnamed(connection_impl& c, std::string_view sql, const detail::params_view& params)
+{
     c.sql.assign(sql);
     auto send_start = std::chrono::steady_clock::now();
     int sent = PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
@@ -1541,17 +1499,131 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
                     "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
     }
     c.request_sent = true;
-    request_state st(c, true);
-    result res;
-    if (try_complete_now(c, st, read_now))
-        res = request_outcome(c, st);
-    else
-        res = co_await complete_request(self, st);
-    // Statements that drop every prepared statement of the session.
-    auto tag = res.command_status();
-    if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL")
-        c.cache.clear();
-    co_return res;
+    return read_now;
+}
+
+// After a wait for input on a request: hands what arrived to libpq, or throws what went wrong.
+void take_input_or_throw(connection_impl& c, boost::system::error_code ec)
+{
+    if (detail::readable_anyway(ec))
+        ec = {}; // libpq reads the EOF or error and reports it
+    io_failure f;
+    if (ec || !c.conn)
+        f.ec = ec ? ec : asio::error::operation_aborted;
+    else if (!PQconsumeInput(c.conn) && PQisBusy(c.conn))
+        f.lost = trimmed(PQerrorMessage(c.conn));
+    if (f)
+        throw_io_failure(c, f, true);
+}
+
+// First sight of a shareable statement on this connection (or after invalidation): Parse,
+// Describe and Execute in one round trip. A coroutine of its own, so that its state does not
+// weigh on the frame of every statement (see exec_params).
+asio::awaitable<result> prepare_and_run(std::shared_ptr<connection_impl> self,
+                                        std::size_t sql_length, detail::params_view params,
+                                        detail::binary_check binary)
+{
+    detail::batch_entry entry;
+    entry.key = self->sql;
+    entry.sql_length = sql_length;
+    entry.params = params;
+    entry.binary = binary;
+    detail::batch_entry* one[] = {&entry};
+    for (int round = 0; round < 3; ++round) {
+        co_await run_pipeline(self, one);
+        if (entry.err)
+            throw *entry.err;
+        if (entry.res)
+            co_return std::move(*entry.res);
+    }
+    throw error(errc::client_failure, "the statement could not be prepared");
+}
+
+// Whether a failed run of a cached statement only met a prepared statement the server no
+// longer knows as cached (nothing ran): then it is prepared afresh.
+bool stale_statement(connection_impl& c, const error& e)
+{
+    if (e.code() != errc::server_error || !is_cache_invalidation(e.sqlstate()) || !c.conn ||
+        PQtransactionStatus(c.conn) != PQTRANS_IDLE)
+        return false;
+    logger()->debug("Prepared statement invalidated ({}); preparing it again", e.sqlstate());
+    if (auto it = c.cache.find(c.sql); it != c.cache.end())
+        c.cache.erase(it);
+    return true;
+}
+
+} // namespace
+
+// The path of every statement, kept to one coroutine frame small enough (≤ 1020 bytes) for
+// Asio to recycle: the wait for the answer is made here rather than in nested coroutines
+// (each would cost a frame, and more than two frames per statement defeat Asio's two-slot
+// frame cache, which then allocates every frame); rarer paths are coroutines of their own.
+asio::awaitable<result> connection::exec_params(std::string_view sql, detail::params_view params,
+                                                detail::binary_check binary)
+{
+    detail::check_sql_text(sql);
+    auto self = impl_;
+    ensure_usable(self);
+    busy_guard guard(*self);
+    if (self->unfinished)
+        co_await finish_unfinished(self);
+
+    self->request_sent = false;
+    if (self->doomed) // the server said it is closing this session: nothing can reach it
+        throw_connection_lost(*self, "the server terminated the session");
+
+    connection_impl& c = *self;
+    bool cached = c.cache.capacity > 0 && detail::shareable_statement(sql);
+    bool read_now;
+    if (cached) {
+        detail::statement_key(c.sql, sql, params);
+        auto it = c.cache.find(c.sql);
+        if (it == c.cache.end() || !it->prepared || !c.cache.evicted.empty())
+            co_return co_await prepare_and_run(self, sql.size(), params, binary);
+        read_now = send_prepared(c, *it, params, binary);
+    } else {
+        read_now = send_unnamed(c, sql, params);
+    }
+
+    bool stale = false;
+    {
+        request_state st(c, true);
+        try {
+            bool done = try_complete_now(c, st, read_now);
+            if (!done && (!st.flushed || c.query_timeout.count() > 0)) {
+                // A request still being sent, or a deadline to race: the general path.
+                st.last = co_await complete_request(self, st);
+            } else {
+                // Results first, before any wait: a read that failed in try_complete_now left
+                // libpq's error there, and its socket may be gone.
+                while (!done && !take_ready_results(c, st)) {
+                    try {
+                        auto [ec] =
+                            co_await c.async_wait_input(std::exchange(st.fresh, false), use_tuple);
+                        take_input_or_throw(c, ec);
+                    } catch (const boost::system::system_error& e) {
+                        // co_await throws instead of waiting when cancellation was requested.
+                        take_input_or_throw(c, e.code());
+                    }
+                }
+                st.last = request_outcome(c, st);
+            }
+        } catch (const error& e) {
+            if (!cached || !stale_statement(c, e))
+                throw;
+            stale = true;
+        }
+        if (!stale) {
+            if (!cached) {
+                // Statements that drop every prepared statement of the session.
+                auto tag = st.last.command_status();
+                if (tag == "DISCARD ALL" || tag == "DEALLOCATE ALL")
+                    c.cache.clear();
+            }
+            co_return std::move(st.last);
+        }
+    }
+    co_return co_await prepare_and_run(self, sql.size(), params, binary);
 }
 
 asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
