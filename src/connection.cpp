@@ -56,7 +56,10 @@ namespace {
 using detail::connection_impl;
 using wait_type = connection_impl::wait_type;
 
-constexpr auto use_tuple = asio::as_tuple(asio::use_awaitable);
+// co_await of a deferred operation: Asio 1.81 keeps the result in the awaiting frame, where
+// use_awaitable would allocate a coroutine frame of its own for every operation (176 bytes,
+// and a third frame per statement defeats Asio's two-slot frame cache; see exec_params).
+constexpr auto use_tuple = asio::as_tuple(asio::deferred);
 
 struct busy_guard
 {
