@@ -110,8 +110,7 @@ struct event
 /// handler for `co_await` on an operation completing with `void(std::exception_ptr, result)`.
 /// Storing it directly (no channel per statement) saves a lock, a queue and an allocation per
 /// statement.
-using mux_handler =
-    asio::async_result<asio::use_awaitable_t<>, void(std::exception_ptr, result)>::handler_type;
+using mux_handler = retry_loop::queued_handler;
 
 /// A caller to resume, with what to resume it with.
 struct mux_completion
@@ -120,7 +119,10 @@ struct mux_completion
     std::exception_ptr failure;
     result res;
 
-    void operator()() { std::move(handler)(std::move(failure), std::move(res)); }
+    void operator()()
+    {
+        std::move(handler)(retry_loop::queued_outcome{std::move(failure), std::move(res)});
+    }
 };
 
 /// A statement waiting to share a connection (multiplexing). Its text and parameters are
@@ -1446,32 +1448,34 @@ asio::awaitable<result> run_acquired(retry_loop& loop, std::string_view sql, par
 
 } // namespace
 
-// Not a coroutine: a multiplexed statement is awaited by the caller directly (one frame and
-// one resumption less per statement), its result delivered with the wake-up.
-asio::awaitable<result> retry_loop::run(std::string_view sql, params_view params,
-                                        binary_check binary, early_result* early)
+retry_loop::route retry_loop::route_for(std::string_view sql)
 {
     auto& s = state;
-    if (s->opts.multiplex && shareable_statement(sql)) {
-        // A closed pool is refused by enqueue or with_permit below.
-        if (retries_ > 0)
-            logger()->info("Retrying query after reconnection...");
-        // A connection of its own when one is free at once: no batching delay for a lone
-        // caller. Otherwise share.
-        if (s->mux_pending.load(std::memory_order_relaxed) ||
-            !s->permits.try_receive([](auto) {})) {
-            // Queued when awaited; never queued if the awaitable is dropped unawaited. `sql`
-            // and `params` live in the caller's frame until it is resumed: enqueue copies them.
-            return asio::async_initiate<decltype(asio::use_awaitable),
-                                        void(std::exception_ptr, result)>(
-                [s = s.get(), sql, params, binary, early](mux_handler handler) {
-                    s->enqueue(sql, params, binary, std::move(handler), early);
-                },
-                asio::use_awaitable);
-        }
-        return run_with_permit(s, permit_guard(s), sql, params, binary);
-    }
+    if (!s->opts.multiplex || !shareable_statement(sql))
+        return route::acquire;
+    // A closed pool is refused by enqueue or with_permit.
+    if (retries_ > 0)
+        logger()->info("Retrying query after reconnection...");
+    // A connection of its own when one is free at once: no batching delay for a lone caller.
+    // Otherwise share.
+    if (s->mux_pending.load(std::memory_order_relaxed) || !s->permits.try_receive([](auto) {}))
+        return route::queue;
+    return route::with_permit;
+}
+
+// Not a coroutine: the caller awaits the statement's coroutine directly.
+asio::awaitable<result> retry_loop::run(route how, std::string_view sql, params_view params,
+                                        binary_check binary)
+{
+    if (how == route::with_permit)
+        return run_with_permit(state, permit_guard(state), sql, params, binary);
     return run_acquired(*this, sql, params, binary);
+}
+
+// Queued when awaited; never queued if the operation is dropped unawaited.
+void retry_loop::queue_initiation::operator()(queued_handler handler) const
+{
+    s->enqueue(sql, params, binary, std::move(handler), early);
 }
 
 retry_loop::verdict retry_loop::failed(const error& e)

@@ -9,6 +9,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/cancellation_type.hpp>
+#include <boost/asio/deferred.hpp>
 #include <boost/asio/this_coro.hpp>
 
 #include <chrono>
@@ -147,12 +148,51 @@ public:
     /// A connection for the next try; connect failures surface at once (the loop owns the
     /// backoff) instead of being retried until `pool_timeout`.
     boost::asio::awaitable<pooled_connection> acquire();
-    /// Runs one statement for the pool's query helpers: on a connection of its own when one is
-    /// free at once, otherwise (with `multiplex`) in a pipelined batch with other callers'
-    /// statements on a connection already at work. With `early`, a shared statement's result
-    /// may be decoded into it on arrival; the returned result is then empty (`early->ready`).
-    boost::asio::awaitable<result> run(std::string_view sql, params_view params,
-                                       binary_check binary, early_result* early = nullptr);
+    /// How `run` takes a statement (see `route_for`).
+    enum class route
+    {
+        acquire,     ///< on a connection acquired from the pool
+        with_permit, ///< on a connection of its own, the permit already taken
+        queue,       ///< multiplexed: await `queued`, not `run`
+    };
+    /// Where one statement of the pool's query helpers goes: on a connection of its own when
+    /// one is free at once (taking its permit), otherwise (with `multiplex`) into a pipelined
+    /// batch with other callers' statements on a connection already at work.
+    route route_for(std::string_view sql);
+    /// Runs a statement routed `acquire` or `with_permit`.
+    boost::asio::awaitable<result> run(route how, std::string_view sql, params_view params,
+                                       binary_check binary);
+
+    /// What a multiplexed statement's caller is resumed with.
+    struct queued_outcome
+    {
+        std::exception_ptr failure;
+        result res;
+    };
+    /// The caller's handler while its statement is queued: Asio's own, for co_await on the
+    /// operation `queued` returns.
+    using queued_handler =
+        boost::asio::detail::awaitable_async_op_handler<void(queued_outcome),
+                                                        boost::asio::any_io_executor>;
+    struct queue_initiation
+    {
+        pool_state* s;
+        std::string_view sql;
+        params_view params;
+        binary_check binary;
+        early_result* early;
+        void operator()(queued_handler handler) const;
+    };
+    /// A statement routed `queue`, as an operation to co_await directly: Asio 1.81 keeps its
+    /// outcome in the awaiting frame (a use_awaitable operation allocates a frame of its own).
+    /// `sql` and `params` live in the caller's frame until it is resumed: it copies them. With
+    /// `early`, the result may be decoded into it on arrival; the result is then empty
+    /// (`early->ready`).
+    auto queued(std::string_view sql, params_view params, binary_check binary, early_result* early)
+    {
+        return boost::asio::async_initiate<const boost::asio::deferred_t&, void(queued_outcome)>(
+            queue_initiation{state.get(), sql, params, binary, early}, boost::asio::deferred);
+    }
     /// Records a failure and decides. Logs the story.
     verdict failed(const error& e);
     /// The error to throw after giving up: the last one, with every attempt listed.
@@ -420,7 +460,16 @@ private:
             std::exception_ptr failure;
             try {
                 early.ready = false;
-                result r = co_await loop.run(sql, pack.view(), binary, &early);
+                result r;
+                auto how = loop.route_for(sql);
+                if (how == detail::retry_loop::route::queue) {
+                    auto outcome = co_await loop.queued(sql, pack.view(), binary, &early);
+                    if (outcome.failure)
+                        std::rethrow_exception(outcome.failure);
+                    r = std::move(outcome.res);
+                } else {
+                    r = co_await loop.run(how, sql, pack.view(), binary);
+                }
                 T value = early.ready ? early.get() : decode(r);
                 loop.succeeded();
                 co_return value;
