@@ -1508,15 +1508,16 @@ bool send_unnamed(connection_impl& c, std::string_view sql, const detail::params
 // After a wait for input on a request: hands what arrived to libpq, or throws what went wrong.
 void take_input_or_throw(connection_impl& c, boost::system::error_code ec)
 {
-    if (detail::readable_anyway(ec))
+    if (ec && detail::readable_anyway(ec))
         ec = {}; // libpq reads the EOF or error and reports it
+    if (!ec && c.conn && (PQconsumeInput(c.conn) || !PQisBusy(c.conn)))
+        return; // read; a failed read that left a result to take (57P01, say) is reported there
     io_failure f;
     if (ec || !c.conn)
         f.ec = ec ? ec : asio::error::operation_aborted;
-    else if (!PQconsumeInput(c.conn) && PQisBusy(c.conn))
+    else
         f.lost = trimmed(PQerrorMessage(c.conn));
-    if (f)
-        throw_io_failure(c, f, true);
+    throw_io_failure(c, f, true);
 }
 
 // First sight of a shareable statement on this connection (or after invalidation): Parse,
