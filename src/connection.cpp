@@ -1465,16 +1465,13 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
 
 namespace {
 
-// Sends a statement the server knows as a named prepared statement: one Bind/Execute/Sync.
-// Returns whether to read at once (see early_read); throws if nothing could be sent.
-bool send_prepared(connection_impl& c, const detail::cached_statement& st,
-                   const detail::params_view& params, detail::binary_check binary)
+// After PQsendQueryPrepared or PQsendQueryParams: records the request as sent and returns
+// whether to read at once (see early_read), or throws if nothing could be sent. Nothing then
+// reached the server in a form it could run: without the closing Sync message an
+// extended-protocol statement is never executed.
+bool after_send(connection_impl& c, int sent, std::chrono::steady_clock::duration took)
 {
-    int format = result_format(st, binary);
-    auto send_start = std::chrono::steady_clock::now();
-    int sent = PQsendQueryPrepared(c.conn, st.name.c_str(), params.count, params.values,
-                                   params.lengths, params.formats, format);
-    bool read_now = c.read_policy.after_send(std::chrono::steady_clock::now() - send_start);
+    bool read_now = c.read_policy.after_send(took);
     if (!sent) {
         if (PQstatus(c.conn) == CONNECTION_BAD)
             throw_connection_lost(c, {});
@@ -1485,6 +1482,18 @@ bool send_prepared(connection_impl& c, const detail::cached_statement& st,
     return read_now;
 }
 
+// Sends a statement the server knows as a named prepared statement: one Bind/Execute/Sync.
+// Returns whether to read at once (see early_read); throws if nothing could be sent.
+bool send_prepared(connection_impl& c, const detail::cached_statement& st,
+                   const detail::params_view& params, detail::binary_check binary)
+{
+    int format = result_format(st, binary);
+    auto send_start = std::chrono::steady_clock::now();
+    int sent = PQsendQueryPrepared(c.conn, st.name.c_str(), params.count, params.values,
+                                   params.lengths, params.formats, format);
+    return after_send(c, sent, std::chrono::steady_clock::now() - send_start);
+}
+
 // Sends a statement as an unnamed one (the cache is off, or the statement is not shareable).
 bool send_unnamed(connection_impl& c, std::string_view sql, const detail::params_view& params)
 {
@@ -1492,17 +1501,7 @@ bool send_unnamed(connection_impl& c, std::string_view sql, const detail::params
     auto send_start = std::chrono::steady_clock::now();
     int sent = PQsendQueryParams(c.conn, c.sql.c_str(), params.count, params.types, params.values,
                                  params.lengths, params.formats, 0);
-    bool read_now = c.read_policy.after_send(std::chrono::steady_clock::now() - send_start);
-    if (!sent) {
-        // Nothing reached the server in a form it could run: without the closing Sync message
-        // an extended-protocol statement is never executed.
-        if (PQstatus(c.conn) == CONNECTION_BAD)
-            throw_connection_lost(c, {});
-        throw error(errc::client_failure,
-                    "could not send the query: " + trimmed(PQerrorMessage(c.conn)));
-    }
-    c.request_sent = true;
-    return read_now;
+    return after_send(c, sent, std::chrono::steady_clock::now() - send_start);
 }
 
 // After a wait for input on a request: hands what arrived to libpq, or throws what went wrong.

@@ -49,7 +49,8 @@ namespace pgco::detail {
 // receive, and completes if there is some; otherwise it waits for the next edge the kernel
 // reports. When it completes at an edge it says "done, and exhausted", as Asio's own receive
 // does after it emptied the socket, which clears the flag: in a loop of requests on one
-// connection only the first wait costs the peek.
+// connection only a wait after input nobody waited for, or after one of Asio's own waits
+// (which leave the flag set), costs the peek.
 //
 // The price: input that was in the socket before the last reported edge and that nobody read
 // is not reported again. So the caller may use this wait only when everything it waits for is
