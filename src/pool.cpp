@@ -107,9 +107,9 @@ struct event
 } // namespace
 
 /// The caller of a multiplexed statement, suspended until its outcome is known: Asio's own
-/// handler for `co_await` on an operation completing with `void(std::exception_ptr, result)`.
-/// Storing it directly (no channel per statement) saves a lock, a queue and an allocation per
-/// statement.
+/// handler for `co_await` on the deferred operation `retry_loop::queued` returns, completing
+/// with `void(queued_outcome)`. Storing it directly (no channel per statement) saves a lock, a
+/// queue and an allocation per statement.
 using mux_handler = retry_loop::queued_handler;
 
 /// A caller to resume, with what to resume it with.
