@@ -1,9 +1,9 @@
 // Throughput and client CPU per query: pgco beside raw libpq, in one process and one run.
 //
 //   pgco_bench --url URL [--workload W1,W2,W3|all]
-//              [--driver pgco,libpq,libpq_prepared,pgco_batch|all]
+//              [--driver pgco,libpq,libpq_prepared,pgco_batch,libpq_prepared_busy|all]
 //              [--queries 20000] [--w2-queries 100000] [--w3-queries 200000] [--repeat 5]
-//              [--no-warmup] [--w3-window 256] [--w3-sync-every 100]
+//              [--no-warmup] [--w3-window 256] [--w3-sync-every 100] [--w1-busy-ns 0]
 //
 // W1: one connection, sequential `SELECT 1` (`--queries` of them).
 // W2: 10 connections, 64 concurrent tasks, `--w2-queries` point selects
@@ -20,6 +20,12 @@
 // connection before the clock starts (PQexecPrepared, PQsendQueryPrepared). In W3 only,
 // `pgco_batch`: one coroutine sending `--w3-sync-every` statements at a time through
 // `pool.pipeline` (pgco's explicit batch API), for comparison with the callers of `pgco`.
+// In W1 only, with `--w1-busy-ns N` > 0: `libpq_prepared_busy`, the libpq_prepared loop
+// keeping the CPU busy for N ns (at least; no memory touched) before each query, which shows
+// what a client's own time per query costs when it shares the server's CPU.
+//
+// W1 lines also carry the server backend's CPU time and voluntary context switches (times it
+// slept waiting for a query) per query, read from /proc when the server runs on this machine.
 //
 // Prints one JSON object per line: every run of every driver, then the medians and the
 // pgco / libpq_prepared and pgco / libpq ratios ("stat":"ratio"; pgco_batch's are
@@ -66,6 +72,65 @@ struct measurement
     double seconds = 0;
     double cpu_seconds = 0;
     long queries = 0;
+    // The server backend's share (see server_probe); negative when unknown.
+    double server_cpu_seconds = -1;
+    double server_sleeps = -1;
+};
+
+/// The server backend's CPU time and the times it slept, from /proc, when the server runs on
+/// this machine (scripts/bench's throwaway server does). With server and client on one CPU
+/// they take turns, and how a client spends its turn decides how often the backend goes to
+/// sleep waiting for the next query rather than finding it there: each such sleep and wake-up
+/// is server CPU (docs/benchmarks.md, "Where W1 and W3 still trail").
+struct server_probe
+{
+    int pid = 0;
+    double cpu = -1;
+    double sleeps = -1;
+
+    /// Seconds on CPU and voluntary context switches of process `pid`; false if unreadable.
+    static bool read(int pid, double& cpu_s, double& sleeps_n)
+    {
+        if (pid <= 0)
+            return false;
+        std::string dir = "/proc/" + std::to_string(pid);
+        unsigned long long ns = 0, vol = 0;
+        std::FILE* f = std::fopen((dir + "/schedstat").c_str(), "r");
+        if (!f)
+            return false;
+        bool ok = std::fscanf(f, "%llu", &ns) == 1;
+        std::fclose(f);
+        f = std::fopen((dir + "/status").c_str(), "r");
+        if (!f)
+            return false;
+        char line[256];
+        bool found = false;
+        while (std::fgets(line, sizeof line, f))
+            if (std::sscanf(line, "voluntary_ctxt_switches: %llu", &vol) == 1) {
+                found = true;
+                break;
+            }
+        std::fclose(f);
+        if (!ok || !found)
+            return false;
+        cpu_s = static_cast<double>(ns) / 1e9;
+        sleeps_n = static_cast<double>(vol);
+        return true;
+    }
+    void start(int backend_pid)
+    {
+        pid = backend_pid;
+        if (!read(pid, cpu, sleeps))
+            pid = 0;
+    }
+    void stop(measurement& m) const
+    {
+        double c = 0, s = 0;
+        if (pid > 0 && read(pid, c, s)) {
+            m.server_cpu_seconds = c - cpu;
+            m.server_sleeps = s - sleeps;
+        }
+    }
 };
 
 double cpu_now()
@@ -76,14 +141,17 @@ double cpu_now()
            static_cast<double>(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
-/// Wall clock and process CPU (all threads) from `start()` to `stop()`.
+/// Wall clock and process CPU (all threads) from `start()` to `stop()`, and the server
+/// backend's share when its pid is given and readable.
 struct stopwatch
 {
     std::chrono::steady_clock::time_point wall;
     double cpu = 0;
+    server_probe server;
 
-    void start()
+    void start(int backend_pid = 0)
     {
+        server.start(backend_pid);
         wall = std::chrono::steady_clock::now();
         cpu = cpu_now();
     }
@@ -93,17 +161,26 @@ struct stopwatch
         m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall).count();
         m.cpu_seconds = cpu_now() - cpu;
         m.queries = queries;
+        server.stop(m);
         return m;
     }
 };
 
 template <class F>
-measurement timed(long queries, F&& body)
+measurement timed(long queries, F&& body, int backend_pid = 0)
 {
     stopwatch sw;
-    sw.start();
+    sw.start(backend_pid);
     body();
     return sw.stop(queries);
+}
+
+/// Keeps the CPU busy for at least `d` without touching memory (two clock reads at least).
+void busy_for(std::chrono::nanoseconds d)
+{
+    auto until = std::chrono::steady_clock::now() + d;
+    while (std::chrono::steady_clock::now() < until) {
+    }
 }
 
 PGconn* libpq_connect(const std::string& conninfo)
@@ -144,24 +221,32 @@ constexpr const char* w1_sql = "SELECT 1";
 // W1 with libpq's synchronous API: the floor any client library is measured against.
 // PQexecParams uses the same extended protocol (Parse/Bind/Execute, unnamed statement) as
 // pgco, so both ask the server for the same work; `prepared` skips the Parse with a named
-// statement (PQexecPrepared), as a statement cache would.
-measurement w1_libpq(const std::string& conninfo, long queries, bool prepared)
+// statement (PQexecPrepared), as a statement cache would. `busy`: CPU work the client does
+// before each query (the `libpq_prepared_busy` driver), to show what a client's own time per
+// query costs in this workload beyond itself.
+measurement w1_libpq(const std::string& conninfo, long queries, bool prepared,
+                     std::chrono::nanoseconds busy = {})
 {
     PGconn* conn = libpq_connect(conninfo);
     libpq_guard guard{conn};
     if (prepared)
         libpq_prepare(conn, "w1", w1_sql, 0, nullptr);
-    return timed(queries, [&] {
-        for (long i = 0; i < queries; ++i) {
-            PGresult* r =
-                prepared ? PQexecPrepared(conn, "w1", 0, nullptr, nullptr, nullptr, 0)
-                         : PQexecParams(conn, w1_sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
-            bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQgetvalue(r, 0, 0)[0] == '1';
-            PQclear(r);
-            if (!ok)
-                throw std::runtime_error(std::string("libpq query: ") + PQerrorMessage(conn));
-        }
-    });
+    return timed(
+        queries,
+        [&] {
+            for (long i = 0; i < queries; ++i) {
+                if (busy.count() > 0)
+                    busy_for(busy);
+                PGresult* r =
+                    prepared ? PQexecPrepared(conn, "w1", 0, nullptr, nullptr, nullptr, 0)
+                             : PQexecParams(conn, w1_sql, 0, nullptr, nullptr, nullptr, nullptr, 0);
+                bool ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQgetvalue(r, 0, 0)[0] == '1';
+                PQclear(r);
+                if (!ok)
+                    throw std::runtime_error(std::string("libpq query: ") + PQerrorMessage(conn));
+            }
+        },
+        PQbackendPID(conn));
 }
 
 measurement w1_pgco(const pgco::pool_options& opts, long queries)
@@ -175,7 +260,7 @@ measurement w1_pgco(const pgco::pool_options& opts, long queries)
             pgco::connection c(io.get_executor());
             co_await c.connect(opts);
             stopwatch sw;
-            sw.start();
+            sw.start(c.backend_pid());
             for (long i = 0; i < queries; ++i) {
                 if (co_await c.query_one<int>(w1_sql) != 1)
                     throw std::runtime_error("pgco returned a wrong value");
@@ -542,10 +627,15 @@ measurement w3_pgco_batch(const pgco::pool_options& opts, long queries, long per
 void print(const char* workload, const std::string& driver, const measurement& m, const char* stat,
            int run)
 {
+    auto per_query = [&](double v) { return v / static_cast<double>(m.queries); };
     std::printf("{\"workload\":\"%s\",\"driver\":\"%s\",\"stat\":\"%s\",\"run\":%d,"
-                "\"queries\":%ld,\"seconds\":%.4f,\"qps\":%.0f,\"cpu_us_per_query\":%.3f}\n",
+                "\"queries\":%ld,\"seconds\":%.4f,\"qps\":%.0f,\"cpu_us_per_query\":%.3f",
                 workload, driver.c_str(), stat, run, m.queries, m.seconds, m.queries / m.seconds,
-                m.cpu_seconds * 1e6 / static_cast<double>(m.queries));
+                per_query(m.cpu_seconds) * 1e6);
+    if (m.server_cpu_seconds >= 0)
+        std::printf(",\"server_cpu_us_per_query\":%.3f,\"server_sleeps_per_query\":%.3f",
+                    per_query(m.server_cpu_seconds) * 1e6, per_query(m.server_sleeps));
+    std::printf("}\n");
     std::fflush(stdout);
 }
 
@@ -562,6 +652,11 @@ measurement median(std::vector<measurement> runs)
     m.queries = runs.front().queries;
     m.seconds = mid([](const measurement& r) { return r.seconds; });
     m.cpu_seconds = mid([](const measurement& r) { return r.cpu_seconds; });
+    if (std::all_of(runs.begin(), runs.end(),
+                    [](const measurement& r) { return r.server_cpu_seconds >= 0; })) {
+        m.server_cpu_seconds = mid([](const measurement& r) { return r.server_cpu_seconds; });
+        m.server_sleeps = mid([](const measurement& r) { return r.server_sleeps; });
+    }
     return m;
 }
 
@@ -595,19 +690,27 @@ void compare(const char* workload, int repeat, bool warmup, const std::vector<dr
         medians[d.name] = median(runs[d.name]);
         print(workload, d.name, medians[d.name], "median", 0);
     }
-    // "ratio" lines are pgco's; the explicit-batch driver's are "ratio_batch".
-    for (const char* driver : {"pgco", "pgco_batch"}) {
+    // "ratio" lines are pgco's; the explicit-batch driver's are "ratio_batch", the busy libpq
+    // loop's "ratio_busy" (against libpq_prepared only).
+    const std::pair<const char*, const char*> ratio_of[] = {
+        {"pgco", "ratio"}, {"pgco_batch", "ratio_batch"}, {"libpq_prepared_busy", "ratio_busy"}};
+    for (auto [driver, stat] : ratio_of) {
         if (!medians.count(driver))
             continue;
         const auto& ours = medians[driver];
         for (const char* baseline : {"libpq_prepared", "libpq"}) {
-            if (!medians.count(baseline))
+            if (!medians.count(baseline) ||
+                (std::strcmp(stat, "ratio_busy") == 0 && std::strcmp(baseline, "libpq") == 0))
                 continue;
             const auto& base = medians[baseline];
             std::printf("{\"workload\":\"%s\",\"stat\":\"%s\",\"baseline\":\"%s\","
-                        "\"qps_ratio\":%.3f,\"cpu_ratio\":%.3f,\"repeat\":%d}\n",
-                        workload, std::string(driver) == "pgco" ? "ratio" : "ratio_batch", baseline,
-                        base.seconds / ours.seconds, ours.cpu_seconds / base.cpu_seconds, repeat);
+                        "\"qps_ratio\":%.3f,\"cpu_ratio\":%.3f",
+                        workload, stat, baseline, base.seconds / ours.seconds,
+                        ours.cpu_seconds / base.cpu_seconds);
+            if (ours.server_cpu_seconds >= 0 && base.server_cpu_seconds > 0)
+                std::printf(",\"server_cpu_ratio\":%.3f",
+                            ours.server_cpu_seconds / base.server_cpu_seconds);
+            std::printf(",\"repeat\":%d}\n", repeat);
         }
     }
     std::fflush(stdout);
@@ -636,7 +739,7 @@ int usage()
                          "[--driver pgco,libpq,libpq_prepared,pgco_batch|all] [--queries N] "
                          "[--w2-queries N] "
                          "[--w3-queries N] [--repeat N] [--no-warmup] [--w3-window N] "
-                         "[--w3-sync-every N]\n");
+                         "[--w3-sync-every N] [--w1-busy-ns N]\n");
     return 2;
 }
 
@@ -653,6 +756,7 @@ int main(int argc, char** argv)
     int repeat = 5;
     bool warmup = true;
     w3_options w3;
+    long w1_busy_ns = 0;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
         if (a == "--no-warmup") {
@@ -682,6 +786,8 @@ int main(int argc, char** argv)
             w3.window = std::atol(v);
         else if (a == "--w3-sync-every")
             w3.sync_every = std::atol(v);
+        else if (a == "--w1-busy-ns")
+            w1_busy_ns = std::atol(v);
         else {
             std::fprintf(stderr, "unknown option %s\n", a.c_str());
             return usage();
@@ -694,15 +800,20 @@ int main(int argc, char** argv)
     std::set<std::string> workloads, drivers;
     try {
         workloads = parse_list(workload_list, {"W1", "W2", "W3"}, "workload");
-        drivers =
-            parse_list(driver_list, {"pgco", "libpq", "libpq_prepared", "pgco_batch"}, "driver");
+        drivers = parse_list(
+            driver_list, {"pgco", "libpq", "libpq_prepared", "pgco_batch", "libpq_prepared_busy"},
+            "driver");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "%s\n", e.what());
         return usage();
     }
     if (url.empty() || workloads.empty() || drivers.empty() || queries <= 0 || w2_queries <= 0 ||
-        w3_queries <= 0 || repeat <= 0 || w3.sync_every <= 0 || w3.window < w3.sync_every)
+        w3_queries <= 0 || repeat <= 0 || w3.sync_every <= 0 || w3.window < w3.sync_every ||
+        w1_busy_ns < 0)
         return usage();
+    // The busy loop runs only when asked for, whatever --driver says.
+    if (w1_busy_ns == 0)
+        drivers.erase("libpq_prepared_busy");
 
     // The drivers in the order they alternate, filtered by --driver.
     auto pick = [&](std::vector<driver> all) {
@@ -717,13 +828,16 @@ int main(int argc, char** argv)
         const std::string& ci = opts.conninfo;
         if (workloads.count("W1")) {
             long warm = queries / 10 + 1;
+            std::chrono::nanoseconds busy(w1_busy_ns);
             compare("W1", repeat, warmup,
                     pick({{"libpq", [&] { return w1_libpq(ci, queries, false); },
                            [&] { w1_libpq(ci, warm, false); }},
                           {"libpq_prepared", [&] { return w1_libpq(ci, queries, true); },
                            [&] { w1_libpq(ci, warm, true); }},
                           {"pgco", [&] { return w1_pgco(opts, queries); },
-                           [&] { w1_pgco(opts, warm); }}}));
+                           [&] { w1_pgco(opts, warm); }},
+                          {"libpq_prepared_busy", [&] { return w1_libpq(ci, queries, true, busy); },
+                           [&] { w1_libpq(ci, warm, true, busy); }}}));
         }
         if (workloads.count("W2")) {
             w2_prepare(ci);
