@@ -1,6 +1,9 @@
 // pgco::connection against the real server started by the CTest fixture.
 
+#include "support/fault_proxy.hpp"
 #include "support/server.hpp"
+
+#include "connection_impl.hpp" // to make the next send read at once (src/early_read.hpp)
 
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
@@ -667,6 +670,35 @@ TEST(connection, terminated_backend_is_a_connection_error)
         EXPECT_NE(std::string(e.what()).find("P1017"), std::string::npos) << e.what();
         EXPECT_FALSE(c.is_open());
     });
+}
+
+TEST(connection, a_read_right_after_the_send_that_meets_the_end_of_the_link_reports_it_at_once)
+{
+    // A read made right after a send (src/early_read.hpp) may be the one that finds the server
+    // gone. libpq then holds the error and may have closed the socket already, so the statement
+    // must end with that error instead of waiting on the socket. Deterministic: the proxy
+    // closes the link while the connection is idle, and a fresh read policy makes the next
+    // send read at once (as the first send of a connection does).
+    run(
+        []() -> awaitable<void> {
+            pgco::test::fault_proxy proxy("127.0.0.1", server_port());
+            auto c = co_await connected(pgco::test::url_via_port(proxy.port()));
+            for (int i = 0; i < 3; ++i) // a few, so that the policy has a usual send time
+                EXPECT_EQ(co_await c.query_one<int>("SELECT 1"), 1);
+            proxy.cut_all(); // in effect on return: the client reads end-of-file
+            auto& impl = pgco::detail::impl_of(c);
+            impl.read_policy = pgco::detail::early_read{};
+            auto start = clock_type::now();
+            auto e = co_await expect_error(
+                [&]() -> awaitable<void> { co_await c.query_one<int>("SELECT 1"); });
+            EXPECT_LT(ms_since(start), 2000);
+            EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
+            EXPECT_NE(std::string(e.what()).find("P1017"), std::string::npos) << e.what();
+            EXPECT_FALSE(c.is_open());
+            // The read was the early one: the policy saw exactly that send.
+            EXPECT_GT(impl.read_policy.quick().count(), 0);
+        },
+        10s);
 }
 
 TEST(connection, backend_killed_mid_query_reports_the_request_as_sent)
