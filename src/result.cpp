@@ -101,6 +101,25 @@ bool result::is_binary(std::size_t c) const noexcept
     return res_ && PQfformat(res_.get(), static_cast<int>(c)) == 1;
 }
 
+result::column_format result::format_of(std::size_t c) const noexcept
+{
+    if (!res_)
+        return {};
+    auto col = static_cast<int>(c);
+    return {PQftype(res_.get(), col), PQfformat(res_.get(), col) == 1};
+}
+
+result::field_view result::field(std::size_t row, std::size_t c) const noexcept
+{
+    auto r = static_cast<int>(row);
+    auto col = static_cast<int>(c);
+    if (PQgetisnull(res_.get(), r, col))
+        return {{}, true};
+    return {
+        {PQgetvalue(res_.get(), r, col), static_cast<std::size_t>(PQgetlength(res_.get(), r, col))},
+        false};
+}
+
 std::string_view result::value(std::size_t row, std::size_t c) const noexcept
 {
     auto r = static_cast<int>(row);

@@ -6,6 +6,7 @@
 
 #include <boost/pfr/core.hpp>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -61,8 +62,7 @@ public:
     template <class T>
     T get(std::size_t row, std::size_t c) const
     {
-        check_column_type<T>(c);
-        return decode_field<T>(row, c);
+        return decode_field<T>(row, c, check_column_type<T>(c));
     }
 
     /// Maps every row to `Row`: an aggregate whose fields match the columns in order (through
@@ -70,11 +70,11 @@ public:
     template <class Row>
     std::vector<Row> as() const
     {
-        check_shape<Row>();
+        auto formats = check_shape<Row>();
         std::vector<Row> rows;
         rows.reserve(size());
         for (std::size_t r = 0, n = size(); r < n; ++r)
-            rows.push_back(decode_row<Row>(r));
+            rows.push_back(decode_row<Row>(r, formats));
         return rows;
     }
 
@@ -82,8 +82,7 @@ public:
     template <class Row>
     Row row_as(std::size_t r) const
     {
-        check_shape<Row>();
-        return decode_row<Row>(r);
+        return decode_row<Row>(r, check_shape<Row>());
     }
 
 private:
@@ -92,65 +91,92 @@ private:
     [[noreturn]] void throw_null(std::size_t row, std::size_t c, const char* cpp_name) const;
     [[noreturn]] void throw_invalid(std::size_t row, std::size_t c, const char* cpp_name) const;
 
+    /// What decoding a column needs to know: the same for every row, so read once per call of
+    /// `as`, `row_as` or `get` rather than once per field.
+    struct column_format
+    {
+        oid type = 0;
+        bool binary = false;
+    };
+    column_format format_of(std::size_t c) const noexcept;
+    /// The value at (`row`, `c`): its bytes (see `value`), or null. One call for what would
+    /// otherwise take three.
+    struct field_view
+    {
+        std::string_view bytes;
+        bool null = false;
+    };
+    field_view field(std::size_t row, std::size_t c) const noexcept;
+
     template <class T>
-    void check_column_type(std::size_t c) const
+    column_format check_column_type(std::size_t c) const
     {
         using traits = detail::value_traits<T>;
         if (c >= columns())
             throw_count_mismatch(c + 1);
-        if (!traits::accepts(column_type(c)))
+        auto f = format_of(c);
+        if (!traits::accepts(f.type))
             throw_type_mismatch(c, traits::cpp_name);
+        return f;
     }
 
+    /// The formats of `Row`'s columns, after checking that the result has them.
     template <class Row>
-    void check_shape() const
+    auto check_shape() const
     {
         if constexpr (detail::column_value<Row>) {
             if (columns() != 1)
                 throw_count_mismatch(1);
-            check_column_type<Row>(0);
+            return std::array<column_format, 1>{check_column_type<Row>(0)};
         } else {
             static_assert(std::is_aggregate_v<Row>,
                           "pgco: a row type is a single value or a plain aggregate struct");
             constexpr std::size_t n = boost::pfr::tuple_size_v<Row>;
             if (columns() != n)
                 throw_count_mismatch(n);
-            [this]<std::size_t... I>(std::index_sequence<I...>)
+            return [this]<std::size_t... I>(std::index_sequence<I...>)
             {
-                (check_column_type<boost::pfr::tuple_element_t<I, Row>>(I), ...);
+                return std::array<column_format, n>{
+                    check_column_type<boost::pfr::tuple_element_t<I, Row>>(I)...};
             }
             (std::make_index_sequence<n>{});
         }
     }
 
     template <class T>
-    T decode_field(std::size_t row, std::size_t c) const
+    T decode_field(std::size_t row, std::size_t c, column_format f) const
     {
+        auto v = field(row, c);
         if constexpr (detail::is_optional<T>::value) {
-            if (is_null(row, c))
+            if (v.null)
                 return std::nullopt;
-            return decode_field<typename T::value_type>(row, c);
+            return decode_value<typename T::value_type>(v.bytes, row, c, f);
         } else {
-            if (is_null(row, c))
+            if (v.null)
                 throw_null(row, c, detail::value_traits<T>::cpp_name);
-            using traits = detail::value_traits<T>;
-            T out{};
-            if (!(is_binary(c) ? traits::decode_binary(value(row, c), column_type(c), out)
-                               : traits::decode(value(row, c), out)))
-                throw_invalid(row, c, traits::cpp_name);
-            return out;
+            return decode_value<T>(v.bytes, row, c, f);
         }
     }
 
-    template <class Row>
-    Row decode_row(std::size_t r) const
+    template <class T>
+    T decode_value(std::string_view bytes, std::size_t row, std::size_t c, column_format f) const
+    {
+        using traits = detail::value_traits<T>;
+        T out{};
+        if (!(f.binary ? traits::decode_binary(bytes, f.type, out) : traits::decode(bytes, out)))
+            throw_invalid(row, c, traits::cpp_name);
+        return out;
+    }
+
+    template <class Row, std::size_t N>
+    Row decode_row(std::size_t r, const std::array<column_format, N>& formats) const
     {
         if constexpr (detail::column_value<Row>) {
-            return decode_field<Row>(r, 0);
+            return decode_field<Row>(r, 0, formats[0]);
         } else {
             Row row{};
             boost::pfr::for_each_field(row, [&](auto& field, std::size_t c) {
-                field = decode_field<std::remove_cvref_t<decltype(field)>>(r, c);
+                field = decode_field<std::remove_cvref_t<decltype(field)>>(r, c, formats[c]);
             });
             return row;
         }
