@@ -1579,10 +1579,19 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
     bool cached = c.cache.capacity > 0 && detail::shareable_statement(sql);
     bool read_now;
     if (cached) {
-        detail::statement_key(c.sql, sql, params);
-        auto it = c.cache.find(c.sql);
-        if (it == c.cache.end() || !it->prepared || !c.cache.evicted.empty())
+        // c.sql holds the key only where a path below needs it: the statement run last is
+        // found without it.
+        auto it = c.cache.find_recent(sql, params);
+        bool keyed = it == c.cache.end();
+        if (keyed) {
+            detail::statement_key(c.sql, sql, params);
+            it = c.cache.find(c.sql);
+        }
+        if (it == c.cache.end() || !it->prepared || !c.cache.evicted.empty()) {
+            if (!keyed)
+                detail::statement_key(c.sql, sql, params);
             co_return co_await prepare_and_run(self, sql.size(), params, binary);
+        }
         read_now = send_prepared(c, *it, params, binary);
     } else {
         read_now = send_unnamed(c, sql, params);
@@ -1612,7 +1621,10 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
                 st.last = request_outcome(c, st);
             }
         } catch (const error& e) {
-            if (!cached || !stale_statement(c, e))
+            if (!cached)
+                throw;
+            detail::statement_key(c.sql, sql, params); // for stale_statement, prepare_and_run
+            if (!stale_statement(c, e))
                 throw;
             stale = true;
         }

@@ -20,6 +20,8 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstring>
+#include <iterator>
 #include <list>
 #include <optional>
 #include <span>
@@ -50,13 +52,34 @@ public:
 
     std::size_t capacity = 0;
 
+    statement_cache() = default;
+    // `recent_` points into this object's list.
+    statement_cache(const statement_cache&) = delete;
+    statement_cache& operator=(const statement_cache&) = delete;
+
     iterator find(std::string_view key)
     {
+        if (recent_ != lru_.end() && recent_->key == key)
+            return touch(recent_);
         auto it = index_.find(key);
         if (it == index_.end())
             return lru_.end();
-        lru_.splice(lru_.begin(), lru_, it->second); // most recently used first
-        return it->second;
+        return touch(it->second);
+    }
+    /// The entry for `sql` with `params`' types if it is the one found or added last, else
+    /// end() (which says nothing: build the key and `find` it). A statement run again and
+    /// again, the usual case, is then found without building its key or hashing it.
+    iterator find_recent(std::string_view sql, const params_view& params)
+    {
+        if (recent_ == lru_.end())
+            return recent_;
+        const std::string& k = recent_->key;
+        auto types = static_cast<std::size_t>(params.count) * sizeof(oid);
+        if (k.size() != sql.size() + 1 + types || k.compare(0, sql.size(), sql) != 0 ||
+            k[sql.size()] != '\0' ||
+            (types > 0 && std::memcmp(k.data() + sql.size() + 1, params.types, types) != 0))
+            return lru_.end();
+        return touch(recent_);
     }
     iterator end() noexcept { return lru_.end(); }
 
@@ -68,20 +91,18 @@ public:
             auto& victim = lru_.back();
             if (victim.prepared)
                 evicted.push_back(std::move(victim.name));
-            index_.erase(victim.key);
-            lru_.pop_back();
+            erase_entry(std::prev(lru_.end()));
         }
         lru_.push_front({std::move(key), "pgco_" + std::to_string(++next_), {}, false, false});
         index_.emplace(lru_.front().key, lru_.begin());
-        return lru_.begin();
+        return recent_ = lru_.begin();
     }
 
     void erase(iterator it)
     {
         if (it->prepared)
             evicted.push_back(it->name);
-        index_.erase(it->key);
-        lru_.erase(it);
+        erase_entry(it);
     }
 
     /// Forgets everything (new session, DISCARD ALL, DEALLOCATE ALL).
@@ -90,6 +111,7 @@ public:
         index_.clear();
         lru_.clear();
         evicted.clear();
+        recent_ = lru_.end();
     }
 
     std::size_t size() const noexcept { return lru_.size(); }
@@ -97,8 +119,23 @@ public:
     std::vector<std::string> evicted; // names to DEALLOCATE before the next statement
 
 private:
+    iterator touch(iterator it)
+    {
+        if (it != lru_.begin())
+            lru_.splice(lru_.begin(), lru_, it); // most recently used first
+        return recent_ = it;
+    }
+    void erase_entry(iterator it)
+    {
+        if (it == recent_)
+            recent_ = lru_.end();
+        index_.erase(it->key);
+        lru_.erase(it);
+    }
+
     std::list<cached_statement> lru_;
     std::unordered_map<std::string_view, iterator> index_;
+    iterator recent_ = lru_.end(); // the entry found or added last (see find_recent)
     std::uint64_t next_ = 0;
 };
 
@@ -164,7 +201,8 @@ struct connection_impl
     // Watches libpq's socket for readiness. libpq owns the descriptor: it is always released,
     // never closed, and released before libpq may close or replace it.
     socket_type sock;
-    std::string sql;    // NUL-terminated copy of the statement, reused between queries
+    std::string sql;    // NUL-terminated statement or cache key, reused between queries (only
+                        // as current as exec_params needs it)
     std::string target; // redacted connection string, for messages
     bool busy = false;
     bool request_sent = false;
