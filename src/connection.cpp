@@ -971,11 +971,17 @@ struct pipeline_command
         execute,
     } kind;
     detail::batch_entry* entry = nullptr;
-    std::string name; // the prepared statement (short: no allocation)
+    // The prepared statement a prepare or describe was for (short: no allocation); an execute
+    // needs none once sent.
+    std::string name;
     PGresult* res = nullptr;
     bool consumed = false; // its result went to the entry's sink
 
-    ~pipeline_command() { PQclear(res); }
+    ~pipeline_command()
+    {
+        if (res) // most are taken or handed over: no call into libpq for nothing
+            PQclear(res);
+    }
     pipeline_command(kind_t k, detail::batch_entry* e, std::string n)
         : kind(k), entry(e), name(std::move(n))
     {}
@@ -1047,7 +1053,7 @@ bool send_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
             int format = result_format(*it, e->binary);
             ok = PQsendQueryPrepared(c.conn, it->name.c_str(), p.count, p.values, p.lengths,
                                      p.formats, format);
-            cmds.emplace_back(pipeline_command::execute, e, it->name);
+            cmds.emplace_back(pipeline_command::execute, e, std::string());
         } else {
             ok =
                 PQsendQueryParams(c.conn, sql, p.count, p.types, p.values, p.lengths, p.formats, 0);
