@@ -1675,6 +1675,10 @@ asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
         e.params = statements[i].view();
         entries.push_back(&e);
     }
+    // Before any result exists, so that the vector's buffer is not allocated among (or above)
+    // the blocks libpq allocates for them: glibc then reuses their memory more cheaply once
+    // they are freed (W3 batches of 100 under callgrind: 5,977 -> 5,885 instructions each).
+    results.reserve(storage.size());
     // A rerun without an error means nothing ran (a stale prepared statement was re-prepared):
     // the whole batch goes again.
     for (int round = 0; round < 3; ++round) {
@@ -1694,7 +1698,6 @@ asio::awaitable<std::vector<result>> connection::pipeline(batch& b)
             again = again || e.rerun || !e.res;
         if (again)
             continue;
-        results.reserve(storage.size());
         for (auto& e : storage)
             results.push_back(std::move(*e.res));
         co_return results;
