@@ -736,7 +736,8 @@ std::set<std::string> parse_list(const std::string& text, const std::set<std::st
 int usage()
 {
     std::fprintf(stderr, "usage: pgco_bench --url URL [--workload W1,W2,W3|all] "
-                         "[--driver pgco,libpq,libpq_prepared,pgco_batch|all] [--queries N] "
+                         "[--driver pgco,libpq,libpq_prepared,pgco_batch,libpq_prepared_busy|all] "
+                         "[--queries N] "
                          "[--w2-queries N] "
                          "[--w3-queries N] [--repeat N] [--no-warmup] [--w3-window N] "
                          "[--w3-sync-every N] [--w1-busy-ns N]\n");
