@@ -1009,10 +1009,13 @@ void fail_all(std::span<detail::batch_entry*> entries, const error& e)
 bool send_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
                    std::vector<pipeline_command>& cmds)
 {
-    // Rounded up: the buffer is recycled (spare_vector), and growing it by a command or two
-    // from one batch to the next would free the old one, a hole of several KB amid the blocks
-    // libpq allocates per result, which glibc then splits and merges for each of them.
-    cmds.reserve(std::bit_ceil(entries.size() + c.cache.evicted.size() + 2));
+    // Rounded up to a power of two within what the stock keeps: the buffer is recycled
+    // (spare_vector), and growing it by a command or two from one batch to the next would free
+    // the old one, a hole of several KB amid the blocks libpq allocates per result, which glibc
+    // then splits and merges for each of them. Larger buffers are not kept anyway.
+    auto needed = entries.size() + c.cache.evicted.size() + 2;
+    cmds.reserve(needed <= detail::spare_vector<pipeline_command>::kept ? std::bit_ceil(needed)
+                                                                        : needed);
     auto send_failed = [&] {
         // Without the Sync nothing of it was committed; a dead connection rolls back the rest.
         std::string why = trimmed(PQerrorMessage(c.conn));
