@@ -695,7 +695,8 @@ TEST(connection, a_read_right_after_the_send_that_meets_the_end_of_the_link_repo
             EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
             EXPECT_NE(std::string(e.what()).find("P1017"), std::string::npos) << e.what();
             EXPECT_FALSE(c.is_open());
-            // The read was the early one: the policy saw exactly that send.
+            // The policy timed that send, and a fresh policy answers its first with "read at
+            // once": the read that met the end was the early one.
             EXPECT_GT(impl.read_policy.quick().count(), 0);
         },
         10s);
