@@ -1555,13 +1555,16 @@ asio::awaitable<result> prepare_and_run(std::shared_ptr<connection_impl> self,
 }
 
 // Whether a failed run of a cached statement only met a prepared statement the server no
-// longer knows as cached (nothing ran): then it is prepared afresh.
-bool stale_statement(connection_impl& c, const error& e)
+// longer knows as cached (nothing ran): then it is forgotten, and c.sql holds its key for
+// preparing it afresh.
+bool stale_statement(connection_impl& c, const error& e, std::string_view sql,
+                     const detail::params_view& params)
 {
     if (e.code() != errc::server_error || !is_cache_invalidation(e.sqlstate()) || !c.conn ||
         PQtransactionStatus(c.conn) != PQTRANS_IDLE)
         return false;
     logger()->debug("Prepared statement invalidated ({}); preparing it again", e.sqlstate());
+    detail::statement_key(c.sql, sql, params); // not kept current on the usual path
     if (auto it = c.cache.find(c.sql); it != c.cache.end())
         c.cache.erase(it);
     return true;
@@ -1633,10 +1636,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
                 st.last = request_outcome(c, st);
             }
         } catch (const error& e) {
-            if (!cached)
-                throw;
-            detail::statement_key(c.sql, sql, params); // for stale_statement, prepare_and_run
-            if (!stale_statement(c, e))
+            if (!cached || !stale_statement(c, e, sql, params))
                 throw;
             stale = true;
         }
