@@ -2,6 +2,7 @@
 #include "connection_impl.hpp"
 #include "first_of.hpp"
 #include "spare_vector.hpp"
+#include "wire.hpp"
 
 #include <pgco/batch.hpp>
 #include <pgco/connection.hpp>
@@ -26,6 +27,7 @@
 #include <atomic>
 #include <bit>
 #include <cctype>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -661,6 +663,7 @@ asio::awaitable<void> connect_steps(std::shared_ptr<connection_impl> self, pool_
     if (PQsetnonblocking(c.conn, 1) != 0)
         throw_connect_failure(c);
     c.assign_socket(PQsocket(c.conn));
+    c.plain_socket = !PQsslInUse(c.conn) && !PQgssEncInUse(c.conn);
 }
 
 // Why the last wait for the server ended early, if it did.
@@ -946,13 +949,24 @@ asio::awaitable<void> finish_unfinished(std::shared_ptr<connection_impl> self)
     co_await complete_request(self, st);
 }
 
-// The result column types a Describe reported.
-void describe_columns(const PGresult* description, std::vector<oid>& out)
+// The result columns a Describe reported.
+void describe_columns(const PGresult* description, detail::cached_statement& st)
 {
-    int n = PQnfields(description);
-    out.resize(static_cast<std::size_t>(n));
-    for (int i = 0; i < n; ++i)
-        out[static_cast<std::size_t>(i)] = PQftype(description, i);
+    auto n = static_cast<std::size_t>(PQnfields(description));
+    st.columns.resize(n);
+    st.names.resize(n);
+    st.attrs.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        int f = static_cast<int>(i);
+        st.columns[i] = PQftype(description, f);
+        st.names[i] = PQfname(description, f);
+    }
+    for (std::size_t i = 0; i < n; ++i) { // after every name is in place
+        int f = static_cast<int>(i);
+        st.attrs[i] = PGresAttDesc{
+            st.names[i].data(), PQftable(description, f), PQftablecol(description, f), 0,
+            st.columns[i],      PQfsize(description, f),  PQfmod(description, f)};
+    }
 }
 
 int result_format(const detail::cached_statement& st, detail::binary_check binary)
@@ -974,6 +988,9 @@ struct pipeline_command
     // The prepared statement a prepare or describe was for (short: no allocation); an execute
     // needs none once sent.
     std::string name;
+    detail::cached_statement* statement = nullptr; // an execute's, when sent on the wire
+    int format = 0;                                // and the format of its result columns
+    const char* tag = nullptr; // the command tag of `res`, when pgco assembled it (in its memory)
     PGresult* res = nullptr;
     bool consumed = false; // its result went to the entry's sink
 
@@ -986,7 +1003,8 @@ struct pipeline_command
         : kind(k), entry(e), name(std::move(n))
     {}
     pipeline_command(pipeline_command&& o) noexcept
-        : kind(o.kind), entry(o.entry), name(std::move(o.name)), res(std::exchange(o.res, nullptr))
+        : kind(o.kind), entry(o.entry), name(std::move(o.name)), statement(o.statement),
+          format(o.format), tag(o.tag), res(std::exchange(o.res, nullptr))
     {}
     pipeline_command(const pipeline_command&) = delete;
 };
@@ -1082,6 +1100,7 @@ struct pipeline_progress
     bool synced = false;         // the Sync's result arrived: the batch is over
     bool fresh = false;          // nothing read yet from an idle connection (see read_input)
     io_failure f;
+    std::optional<error> said; // on the wire: the error first_error's statement got
 };
 
 // Takes the results libpq holds, in order: each command's, then a null, and the Sync's at the
@@ -1089,7 +1108,7 @@ struct pipeline_progress
 void take_pipeline_results(connection_impl& c, std::vector<pipeline_command>& cmds,
                            pipeline_progress& p)
 {
-    auto& [at, first_error, synced, fresh, f] = p;
+    auto& [at, first_error, synced, fresh, f, said] = p;
     while (!PQisBusy(c.conn)) {
         PGresult* r = PQgetResult(c.conn);
         if (!r) {
@@ -1131,9 +1150,10 @@ void take_pipeline_results(connection_impl& c, std::vector<pipeline_command>& cm
 
 // What became of each entry, once the batch is over (`p.synced`) or failed (`p.f`).
 void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
-                       std::vector<pipeline_command>& cmds, pipeline_progress& p, bool started_idle)
+                       std::vector<pipeline_command>& cmds, pipeline_progress& p, bool started_idle,
+                       bool on_wire)
 {
-    auto& [at, first_error, synced, fresh, f] = p;
+    auto& [at, first_error, synced, fresh, f, wire_said] = p;
 
     // Prepared statements outlive a rolled-back transaction, so each Parse that succeeded
     // stays cached; the others are forgotten.
@@ -1150,7 +1170,7 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
             else if (!it->prepared)
                 c.cache.erase(it);
         } else if (ok) {
-            describe_columns(cmd.res, it->columns);
+            describe_columns(cmd.res, *it);
             it->described = true;
         }
     }
@@ -1160,17 +1180,22 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
         // session (57P01...) before the Sync, it rolled everything back; if the link just
         // broke, the batch may have committed.
         const PGresult* said = first_error < cmds.size() ? cmds[first_error].res : nullptr;
-        std::string sqlstate = said ? trimmed(PQresultErrorField(said, PG_DIAG_SQLSTATE)) : "";
+        std::string sqlstate = wire_said ? std::string(wire_said->sqlstate())
+                               : said    ? trimmed(PQresultErrorField(said, PG_DIAG_SQLSTATE))
+                                         : "";
         if (f.timed_out || f.ec == asio::error::operation_aborted || !c.conn) {
             try {
-                throw_io_failure(c, f, true);
+                // libpq knows nothing of a batch on the wire: what is left of it cannot be
+                // discarded later, so the connection goes.
+                throw_io_failure(c, f, !on_wire);
             } catch (const error& e) {
                 fail_all(entries, e);
             }
             return;
         }
-        std::string why = said ? std::string(server_error_of(said, true).what())
-                               : (f.ec ? f.ec.message() : f.lost);
+        std::string why = wire_said ? std::string(wire_said->what())
+                          : said    ? std::string(server_error_of(said, true).what())
+                                    : (f.ec ? f.ec.message() : f.lost);
         c.close();
         error lost(errc::connection_lost, "P1017: server closed the connection: " + why, sqlstate,
                    why, {}, {}, true);
@@ -1187,7 +1212,7 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
             if (cmd.consumed)
                 cmd.entry->consumed = true;
             else
-                cmd.entry->res.emplace(std::exchange(cmd.res, nullptr));
+                cmd.entry->res.emplace(std::exchange(cmd.res, nullptr), cmd.tag);
         }
         return;
     }
@@ -1195,7 +1220,7 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
     // the batch's implicit transaction. That one gets its error; the others had no effect and
     // run again.
     const auto& bad = cmds[first_error];
-    error e = server_error_of(bad.res, true);
+    error e = wire_said ? *wire_said : server_error_of(bad.res, true);
     e.set_maybe_applied(false);
     for (auto* entry : entries) {
         if (entry != bad.entry) {
@@ -1232,6 +1257,340 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
     }
 }
 
+// ---- batches on the wire (see wire.hpp) ----
+
+// Builds the messages of `entries` in c.wire_out and their commands in `cmds`, if the batch can
+// go on the wire: a plain socket, libpq idle, and every statement prepared and described on
+// this connection before. False, with `cmds` empty, if not: then libpq runs it.
+bool wire_batch(connection_impl& c, std::span<detail::batch_entry*> entries,
+                std::vector<pipeline_command>& cmds)
+{
+    if (!c.plain_socket || c.cache.capacity == 0 || !c.cache.evicted.empty() ||
+        PQtransactionStatus(c.conn) != PQTRANS_IDLE || PQpipelineStatus(c.conn) != PQ_PIPELINE_OFF)
+        return false;
+    auto needed = entries.size();
+    cmds.reserve(needed <= detail::spare_vector<pipeline_command>::kept ? std::bit_ceil(needed)
+                                                                        : needed);
+    auto& out = c.wire_out;
+    out.clear();
+    for (auto* e : entries) {
+        auto it = e->params.count <= 65535 ? c.cache.find(e->key) : c.cache.end();
+        if (it == c.cache.end() || !it->prepared || !it->described) {
+            cmds.clear();
+            return false;
+        }
+        e->res.reset();
+        e->err.reset();
+        e->consumed = false;
+        e->rerun = false;
+        int format = result_format(*it, e->binary);
+        detail::wire::put_bind(out, it->name, e->params, format);
+        detail::wire::put_execute(out);
+        auto& cmd = cmds.emplace_back(pipeline_command::execute, e, std::string());
+        cmd.statement = &*it;
+        cmd.format = format;
+    }
+    detail::wire::put_sync(out);
+    return true;
+}
+
+// Sends c.wire_out. True if it went out in one call: the connection was idle, so all that can
+// come next is new input (see read_input).
+asio::awaitable<bool> wire_write(connection_impl& c, std::optional<asio::steady_timer>& deadline,
+                                 io_failure& f)
+{
+    const int fd = PQsocket(c.conn);
+    std::size_t off = 0;
+    bool waited = false;
+    try {
+        for (;;) {
+            auto n = ::send(fd, c.wire_out.data() + off, c.wire_out.size() - off,
+                            MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n > 0) {
+                c.request_sent = true;
+                off += static_cast<std::size_t>(n);
+                if (off == c.wire_out.size())
+                    co_return !waited;
+                continue;
+            }
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) {
+                f.lost = std::string("could not send data to server: ") + std::strerror(errno);
+                co_return false;
+            }
+            waited = true;
+            boost::system::error_code ec;
+            if (deadline) {
+                auto [order, write_ec, timer_ec] = co_await detail::first_of(
+                    c.sock.async_wait(wait_type::wait_write, asio::deferred),
+                    deadline->async_wait(asio::deferred));
+                if (order[0] == 1 && !timer_ec) {
+                    f.timed_out = true;
+                    co_return false;
+                }
+                ec = write_ec;
+            } else {
+                auto [write_ec] = co_await c.sock.async_wait(wait_type::wait_write, use_tuple);
+                ec = write_ec;
+            }
+            if (ec || !c.conn) {
+                f.ec = ec ? ec : asio::error::operation_aborted;
+                co_return false;
+            }
+        }
+    } catch (const boost::system::system_error& e) {
+        f.ec = e.code();
+    }
+    co_return false;
+}
+
+// What reading a batch on the wire has collected besides pipeline_progress.
+struct wire_progress
+{
+    PGresult* building = nullptr; // the result of the statement whose rows are arriving
+    std::size_t have = 0;         // bytes of c.wire_in received and not parsed
+    std::size_t need = 0;         // bytes the next message needs, when more than `have`
+
+    ~wire_progress()
+    {
+        if (building)
+            PQclear(building);
+    }
+};
+
+// Waits for input (as read_input does) and appends it to c.wire_in.
+asio::awaitable<void> wire_read(connection_impl& c, std::optional<asio::steady_timer>& deadline,
+                                io_failure& f, wire_progress& w, bool fresh)
+{
+    try {
+        boost::system::error_code ec;
+        if (deadline) {
+            auto [order, read_ec, timer_ec] = co_await detail::first_of(
+                c.async_wait_input(fresh, asio::deferred), deadline->async_wait(asio::deferred));
+            if (order[0] == 1 && !timer_ec) {
+                f.timed_out = true;
+                co_return;
+            }
+            ec = read_ec;
+        } else {
+            auto [read_ec] = co_await c.async_wait_input(fresh, use_tuple);
+            ec = read_ec;
+        }
+        if (detail::readable_anyway(ec))
+            ec = {}; // recv reports the EOF or error
+        if (ec || !c.conn) {
+            f.ec = ec ? ec : asio::error::operation_aborted;
+            co_return;
+        }
+    } catch (const boost::system::system_error& e) {
+        f.ec = e.code();
+        co_return;
+    }
+    auto& in = c.wire_in;
+    std::size_t want = std::max<std::size_t>(w.have + 16384, w.need);
+    if (in.size() < want)
+        in.resize(std::max(want, in.size() * 2));
+    for (;;) {
+        auto n = ::recv(PQsocket(c.conn), in.data() + w.have, in.size() - w.have, MSG_DONTWAIT);
+        if (n > 0) {
+            w.have += static_cast<std::size_t>(n);
+        } else if (n == 0) {
+            f.lost = "server closed the connection unexpectedly";
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            f.lost = std::string("could not receive data from server: ") + std::strerror(errno);
+        }
+        break;
+    }
+}
+
+// A result of `st`'s columns in `format`, for rows to be added.
+PGresult* wire_result(connection_impl& c, detail::cached_statement& st, int format)
+{
+    PGresult* r =
+        PQmakeEmptyPGresult(c.conn, st.attrs.empty() ? PGRES_COMMAND_OK : PGRES_TUPLES_OK);
+    if (!r || st.attrs.empty())
+        return r;
+    for (auto& a : st.attrs)
+        a.format = format;
+    if (!PQsetResultAttrs(r, static_cast<int>(st.attrs.size()), st.attrs.data())) {
+        PQclear(r);
+        return nullptr;
+    }
+    return r;
+}
+
+// Adds the DataRow `body` to the result being built. False if it does not fit the columns.
+bool wire_row(connection_impl& c, pipeline_command& cmd, wire_progress& w, std::string_view body)
+{
+    auto& st = *cmd.statement;
+    if (!w.building && !(w.building = wire_result(c, st, cmd.format)))
+        return false;
+    if (body.size() < 2 || detail::wire::get_u16(body.data()) != st.attrs.size())
+        return false;
+    int row = PQntuples(w.building);
+    std::size_t at = 2;
+    for (int col = 0, n = static_cast<int>(st.attrs.size()); col < n; ++col) {
+        if (body.size() - at < 4)
+            return false;
+        auto len = detail::wire::get_u32(body.data() + at);
+        at += 4;
+        if (len == 0xffffffffu) {
+            if (!PQsetvalue(w.building, row, col, nullptr, -1))
+                return false;
+            continue;
+        }
+        if (len > body.size() - at || len > 0x7fffffffu ||
+            !PQsetvalue(w.building, row, col, const_cast<char*>(body.data() + at),
+                        static_cast<int>(len)))
+            return false;
+        at += len;
+    }
+    return at == body.size();
+}
+
+// An ErrorResponse or NoticeResponse meant for libpq, which never sees it: logged like the
+// notices libpq hands over, and a FATAL one condemns the connection.
+void wire_notice(connection_impl& c, const detail::wire::error_fields& ef)
+{
+    if (ef.severity == "FATAL" || ef.severity == "PANIC")
+        c.doomed = true;
+    auto l = logger();
+    auto level = c.doomed ? spdlog::level::warn : spdlog::level::info;
+    if (l->should_log(level))
+        l->log(level, "server notice: {}:  {}", ef.severity, ef.primary);
+}
+
+// Parses what arrived of a batch sent on the wire, as take_pipeline_results does with what
+// libpq parsed: each statement's rows and completion (or its error), then ReadyForQuery.
+void take_wire_results(connection_impl& c, std::vector<pipeline_command>& cmds,
+                       pipeline_progress& p, wire_progress& w)
+{
+    std::string_view buf(c.wire_in.data(), w.have);
+    std::size_t pos = 0;
+    detail::wire::message m;
+    bool bad = false;
+    auto violation = [&](const char* what) {
+        p.f.lost = std::string("protocol violation: ") + what + " (message type '" +
+                   (std::isprint(static_cast<unsigned char>(m.type)) ? std::string(1, m.type)
+                                                                     : std::string("?")) +
+                   "')";
+    };
+    while (!p.f && detail::wire::next_message(buf, pos, m, w.need, bad)) {
+        if (p.synced) {
+            // Anything after ReadyForQuery (a notice, a notification, the server's goodbye)
+            // was libpq's to read: this connection is not reused.
+            c.doomed = true;
+            continue;
+        }
+        switch (m.type) {
+        case '2': // BindComplete
+        case 'S': // ParameterStatus: pgco reads none
+        case 'A': // a notification: pool connections listen for none
+            break;
+        case 'D':
+            if (p.first_error != cmds.size())
+                break; // cannot come: the server skips to the Sync after an error
+            if (p.at >= cmds.size() || !wire_row(c, cmds[p.at], w, m.body))
+                violation("a row that fits no statement of the batch");
+            break;
+        case 'C':   // CommandComplete
+        case 'I': { // EmptyQueryResponse
+            if (p.at >= cmds.size()) {
+                violation("more results than statements");
+                break;
+            }
+            auto& cmd = cmds[p.at];
+            if (!w.building && !(w.building = wire_result(c, *cmd.statement, cmd.format))) {
+                p.f.lost = "out of memory for a result";
+                break;
+            }
+            PGresult* r = std::exchange(w.building, nullptr);
+            // The tag, NUL-terminated, in the result's memory: libpq has no field to set.
+            const char* tag = nullptr;
+            if (m.type == 'C' && !m.body.empty() && m.body.back() == '\0') {
+                if (auto* copy = static_cast<char*>(PQresultAlloc(r, m.body.size()))) {
+                    std::memcpy(copy, m.body.data(), m.body.size());
+                    tag = copy;
+                }
+            }
+            if (cmd.entry->sink && !cmd.consumed &&
+                PQntuples(r) <= detail::batch_entry::early_rows) {
+                result taken(r, tag);
+                cmd.entry->sink(cmd.entry->sink_ctx, taken);
+                cmd.consumed = true;
+            } else {
+                if (cmd.res)
+                    PQclear(cmd.res);
+                cmd.res = r;
+                cmd.tag = tag;
+            }
+            ++p.at;
+            break;
+        }
+        case 'E':
+        case 'N': {
+            detail::wire::error_fields ef;
+            if (!detail::wire::parse_error(m.body, ef)) {
+                violation("a malformed error or notice");
+                break;
+            }
+            if (m.type == 'N' || ef.severity == "FATAL" || ef.severity == "PANIC")
+                wire_notice(c, ef);
+            if (m.type == 'N' || p.first_error != cmds.size())
+                break;
+            if (p.at >= cmds.size()) { // at the Sync's commit: as libpq's path does
+                p.f.lost = "unexpected results in the pipeline";
+                break;
+            }
+            if (w.building)
+                PQclear(std::exchange(w.building, nullptr));
+            p.first_error = p.at;
+            std::string sqlstate(ef.sqlstate), primary(ef.primary), detail(ef.detail);
+            std::string text = (sqlstate.empty() ? "" : sqlstate + ": ") + primary;
+            if (!detail.empty())
+                text += " (" + detail + ")";
+            p.said.emplace(errc::server_error, text, sqlstate, primary, detail,
+                           std::string(ef.hint), true);
+            break;
+        }
+        case 'Z':
+            p.synced = true;
+            break;
+        default:
+            violation("a message pgco does not expect in a batch");
+            break;
+        }
+    }
+    if (bad)
+        violation("a message length below 4");
+    if (p.synced && pos != w.have)
+        c.doomed = true; // part of a message after ReadyForQuery (see above)
+    // The unparsed rest to the front, for the next read to complete.
+    std::memmove(c.wire_in.data(), c.wire_in.data() + pos, w.have - pos);
+    w.have -= pos;
+}
+
+// Runs the batch wire_batch built, with the semantics of run_pipeline.
+asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
+                                        std::vector<pipeline_command>& cmds, bool started_idle)
+{
+    pipeline_progress p;
+    p.first_error = cmds.size();
+    wire_progress w;
+    auto deadline = make_deadline(c);
+    p.fresh = co_await wire_write(c, deadline, p.f);
+    while (!p.f) {
+        take_wire_results(c, cmds, p, w);
+        if (p.synced || p.f)
+            break;
+        co_await wire_read(c, deadline, p.f, w, std::exchange(p.fresh, false));
+    }
+    conclude_pipeline(c, entries, cmds, p, started_idle, true);
+}
+
 // Runs `entries` in one pipeline with one Sync: statements seen before on this connection as
 // named prepared statements, new ones prepared (and described) in the same round trip. The
 // caller holds the connection exclusively. The work is in the functions above: only what
@@ -1244,6 +1603,10 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
     c.request_sent = false;
     bool started_idle = PQtransactionStatus(c.conn) == PQTRANS_IDLE;
     detail::spare_vector<pipeline_command> cmds;
+    if (wire_batch(c, entries, *cmds)) {
+        co_await run_wire_pipeline(c, entries, *cmds, started_idle);
+        co_return;
+    }
     if (!send_pipeline(c, entries, *cmds))
         co_return;
     pipeline_progress p;
@@ -1259,7 +1622,7 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             break;
         co_await read_input(c, deadline, p.f, std::exchange(p.fresh, false));
     }
-    conclude_pipeline(c, entries, *cmds, p, started_idle);
+    conclude_pipeline(c, entries, *cmds, p, started_idle, false);
 }
 
 } // namespace

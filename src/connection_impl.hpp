@@ -36,9 +36,13 @@ namespace pgco::detail {
 /// A statement text the server knows as a named prepared statement on one connection.
 struct cached_statement
 {
-    std::string key;          // SQL, a NUL, then the parameter type OIDs' bytes (see statement_key)
-    std::string name;         // "pgco_<n>", unique per connection
-    std::vector<oid> columns; // result column types, from Describe
+    std::string key;  // SQL, a NUL, then the parameter type OIDs' bytes (see statement_key)
+    std::string name; // "pgco_<n>", unique per connection
+    std::vector<oid> columns{}; // result column types, from Describe
+    // The columns as Describe reported them, for the results pgco assembles itself (see
+    // wire.hpp); each name points into `names`. Set with `columns`, never changed after.
+    std::vector<PGresAttDesc> attrs{};
+    std::vector<std::string> names{};
     bool described = false;
     bool prepared = false; // the server confirmed the Parse
 };
@@ -93,7 +97,7 @@ public:
                 evicted.push_back(std::move(victim.name));
             erase_entry(std::prev(lru_.end()));
         }
-        lru_.push_front({std::move(key), "pgco_" + std::to_string(++next_), {}, false, false});
+        lru_.push_front({.key = std::move(key), .name = "pgco_" + std::to_string(++next_)});
         index_.emplace(lru_.front().key, lru_.begin());
         return recent_ = lru_.begin();
     }
@@ -215,6 +219,11 @@ struct connection_impl
     // each host, so several hosts could otherwise take longer than the pool may wait).
     std::optional<std::chrono::steady_clock::time_point> connect_deadline;
     statement_cache cache;
+    // Neither TLS nor GSS encryption: pgco may write and read protocol messages on the socket
+    // itself while libpq is idle (see wire.hpp).
+    bool plain_socket = false;
+    std::string wire_out; // a batch's messages, reused between batches
+    std::string wire_in;  // what was received and not parsed yet
 
     void release_socket() noexcept
     {
@@ -230,6 +239,8 @@ struct connection_impl
             conn = nullptr;
         }
         cache.clear(); // prepared statements die with the session
+        plain_socket = false;
+        wire_in.clear();
         unfinished = false;
         doomed = false;
     }

@@ -128,11 +128,29 @@ std::string_view result::value(std::size_t row, std::size_t c) const noexcept
             static_cast<std::size_t>(PQgetlength(res_.get(), r, col))};
 }
 
+namespace {
+
+// The row count in a command tag, as PQcmdTuples reads it: "INSERT 0 5", "UPDATE 5", ...
+std::string_view tag_rows(std::string_view tag) noexcept
+{
+    if (tag.starts_with("INSERT ")) {
+        auto space = tag.find(' ', 7); // after the OID
+        return space == std::string_view::npos ? std::string_view() : tag.substr(space + 1);
+    }
+    for (std::string_view verb :
+         {"DELETE ", "UPDATE ", "SELECT ", "MOVE ", "FETCH ", "COPY ", "MERGE "})
+        if (tag.starts_with(verb))
+            return tag.substr(verb.size());
+    return {};
+}
+
+} // namespace
+
 std::uint64_t result::rows_affected() const noexcept
 {
     if (!res_)
         return 0;
-    std::string_view tuples = PQcmdTuples(res_.get());
+    std::string_view tuples = tag_ ? tag_rows(tag_) : std::string_view(PQcmdTuples(res_.get()));
     std::uint64_t n = 0;
     std::from_chars(tuples.data(), tuples.data() + tuples.size(), n);
     return n;
@@ -140,7 +158,7 @@ std::uint64_t result::rows_affected() const noexcept
 
 std::string_view result::command_status() const noexcept
 {
-    const char* status = res_ ? PQcmdStatus(res_.get()) : nullptr;
+    const char* status = !res_ ? nullptr : tag_ ? tag_ : PQcmdStatus(res_.get());
     return status ? std::string_view(status) : std::string_view();
 }
 

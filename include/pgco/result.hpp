@@ -34,6 +34,9 @@ public:
     result() noexcept = default;
     /// Takes ownership of a libpq result.
     explicit result(pg_result* r) noexcept : res_(r) {}
+    /// Takes ownership of a result pgco assembled itself, whose command tag libpq has no way
+    /// to record: `tag` (null: libpq's), in memory `r` owns.
+    result(pg_result* r, const char* tag) noexcept : res_(r), tag_(tag) {}
 
     /// Number of rows.
     std::size_t size() const noexcept;
@@ -187,6 +190,7 @@ private:
         void operator()(pg_result* r) const noexcept;
     };
     std::unique_ptr<pg_result, deleter> res_;
+    const char* tag_ = nullptr;
 };
 
 namespace detail {
