@@ -1581,6 +1581,7 @@ asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::ba
     p.first_error = cmds.size();
     wire_progress w;
     auto deadline = make_deadline(c);
+    ++c.wire_batches;
     p.fresh = co_await wire_write(c, deadline, p.f);
     while (!p.f) {
         take_wire_results(c, cmds, p, w);

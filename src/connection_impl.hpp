@@ -40,7 +40,8 @@ struct cached_statement
     std::string name; // "pgco_<n>", unique per connection
     std::vector<oid> columns{}; // result column types, from Describe
     // The columns as Describe reported them, for the results pgco assembles itself (see
-    // wire.hpp); each name points into `names`. Set with `columns`, never changed after.
+    // wire.hpp); each name points into `names`. Set with `columns`; only the format changes,
+    // set for each result.
     std::vector<PGresAttDesc> attrs{};
     std::vector<std::string> names{};
     bool described = false;
@@ -222,8 +223,9 @@ struct connection_impl
     // Neither TLS nor GSS encryption: pgco may write and read protocol messages on the socket
     // itself while libpq is idle (see wire.hpp).
     bool plain_socket = false;
-    std::string wire_out; // a batch's messages, reused between batches
-    std::string wire_in;  // what was received and not parsed yet
+    std::string wire_out;           // a batch's messages, reused between batches
+    std::string wire_in;            // what was received and not parsed yet
+    std::uint64_t wire_batches = 0; // batches sent that way (for tests)
 
     void release_socket() noexcept
     {

@@ -5,6 +5,7 @@
 
 #include "connection_impl.hpp" // to make the next send read at once (src/early_read.hpp)
 
+#include <pgco/batch.hpp>
 #include <pgco/config.hpp>
 #include <pgco/connection.hpp>
 #include <pgco/log.hpp>
@@ -772,4 +773,135 @@ TEST(connection, query_timeout_closes_the_connection_and_says_so)
         EXPECT_LT(elapsed, 1500);
         EXPECT_FALSE(c.is_open());
     });
+}
+
+namespace {
+
+/// What a result shows, field by field, for comparing the same batch's results on two paths.
+std::vector<std::string> snapshot(const pgco::result& r)
+{
+    std::vector<std::string> out{"status " + std::string(r.command_status()),
+                                 "affected " + std::to_string(r.rows_affected()),
+                                 "rows " + std::to_string(r.size())};
+    for (std::size_t c = 0; c < r.columns(); ++c)
+        out.push_back("column " + std::string(r.column_name(c)) + " " +
+                      std::to_string(r.column_type(c)) + (r.is_binary(c) ? " binary" : " text"));
+    for (std::size_t row = 0; row < r.size(); ++row)
+        for (std::size_t c = 0; c < r.columns(); ++c)
+            out.push_back(r.is_null(row, c) ? "NULL" : "'" + std::string(r.value(row, c)) + "'");
+    return out;
+}
+
+} // namespace
+
+TEST(connection, a_batch_of_known_statements_goes_on_the_wire_with_results_equal_to_libpqs)
+{
+    // The first run prepares and describes through libpq; the second, with every statement
+    // known, is written and read by pgco itself (src/wire.hpp). The batch leaves nothing
+    // behind, so both runs must give the very same results.
+    const std::string table = "wire_" + std::to_string(::getpid());
+    run(
+        [&]() -> awaitable<void> {
+            auto c = co_await connected();
+            co_await c.exec("CREATE TABLE " + table +
+                            " (id int PRIMARY KEY, name text, score float8, flag bool, note text)");
+            const std::string insert = "INSERT INTO " + table +
+                                       " (id, name, score, flag, note) VALUES ($1, $2, $3, $4, $5)";
+            auto make = [&] {
+                pgco::batch b;
+                b.add(insert, 1, std::string("one"), 1.5, true, std::optional<std::string>("n"))
+                    .add(insert, 2, std::string(""), -2.25, false, std::optional<std::string>())
+                    .add("SELECT id, name, score, flag, note FROM " + table + " ORDER BY id")
+                    .add("SELECT g, g * 2 AS twice FROM generate_series(1, $1) AS g", 100)
+                    .add("UPDATE " + table + " SET score = score + 1 WHERE id = $1 RETURNING id", 1)
+                    .add("SELECT id FROM " + table + " WHERE id < $1", 0)
+                    .add("SELECT repeat($1, 60000) AS big", std::string("ab"))
+                    .add("DELETE FROM " + table + " WHERE id IN (1, 2)");
+                return b;
+            };
+            auto& impl = pgco::detail::impl_of(c);
+            auto first_batch = make();
+            auto first = co_await c.pipeline(first_batch);
+            EXPECT_EQ(impl.wire_batches, 0u); // statements seen for the first time: libpq's
+            auto second_batch = make();
+            auto second = co_await c.pipeline(second_batch);
+            EXPECT_EQ(impl.wire_batches, 1u);
+            EXPECT_EQ(first.size(), 8u);
+            EXPECT_EQ(second.size(), 8u);
+            for (std::size_t i = 0; i < first.size() && i < second.size(); ++i)
+                EXPECT_EQ(snapshot(first[i]), snapshot(second[i])) << "statement " << i + 1;
+            if (second.size() == 8u) {
+                EXPECT_EQ(second[0].command_status(), "INSERT 0 1");
+                EXPECT_EQ(second[2].get<std::optional<std::string>>(1, 4), std::nullopt);
+                EXPECT_EQ(second[2].get<double>(1, 2), -2.25);
+                EXPECT_EQ(second[3].size(), 100u);
+                EXPECT_EQ(second[3].get<int>(99, 1), 200);
+                EXPECT_EQ(second[4].rows_affected(), 1u);
+                EXPECT_EQ(second[6].get<std::string>(0, 0).size(), 120000u);
+                EXPECT_EQ(second[7].rows_affected(), 2u);
+            }
+            EXPECT_EQ(c.transaction_status(), pgco::connection::transaction_state::idle);
+            // And libpq takes the connection back where the batch left it.
+            EXPECT_EQ(co_await c.query_one<std::int64_t>("SELECT count(*) FROM " + table), 0);
+            co_await c.exec("DROP TABLE " + table);
+        },
+        20s);
+}
+
+TEST(connection, a_failing_statement_of_a_batch_on_the_wire_fails_alone_and_leaves_it_usable)
+{
+    run(
+        []() -> awaitable<void> {
+            auto c = co_await connected();
+            auto make = [](int divisor) {
+                pgco::batch b;
+                b.add("SELECT 10 / $1", 1).add("SELECT 10 / $1", divisor).add("SELECT $1::int", 3);
+                return b;
+            };
+            auto ok = make(2);
+            EXPECT_EQ((co_await c.pipeline(ok)).size(), 3u); // prepares all three
+            auto& impl = pgco::detail::impl_of(c);
+            auto failing = make(0);
+            auto e =
+                co_await expect_error([&]() -> awaitable<void> { co_await c.pipeline(failing); });
+            EXPECT_EQ(impl.wire_batches, 1u);
+            EXPECT_EQ(e.code(), pgco::errc::server_error) << e.what();
+            EXPECT_EQ(e.sqlstate(), "22012");
+            EXPECT_NE(std::string(e.what()).find("division by zero"), std::string::npos)
+                << e.what();
+            EXPECT_NE(std::string(e.what()).find("statement 2 of the batch"), std::string::npos)
+                << e.what();
+            EXPECT_FALSE(pgco::maybe_applied(e));
+            EXPECT_TRUE(c.is_open());
+            auto again = make(5);
+            auto results = co_await c.pipeline(again);
+            EXPECT_EQ(impl.wire_batches, 2u);
+            EXPECT_EQ(results.at(1).get<int>(0, 0), 2);
+            EXPECT_EQ(results.at(2).get<int>(0, 0), 3);
+        },
+        10s);
+}
+
+TEST(connection, a_batch_on_the_wire_that_outlives_the_query_timeout_closes_the_connection)
+{
+    run(
+        []() -> awaitable<void> {
+            auto c = co_await connected();
+            auto make = [](double seconds) {
+                pgco::batch b;
+                b.add("SELECT pg_sleep($1)", seconds);
+                return b;
+            };
+            auto quick = make(0);
+            co_await c.pipeline(quick);
+            c.set_query_timeout(200ms);
+            auto slow = make(10);
+            auto start = clock_type::now();
+            auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.pipeline(slow); });
+            EXPECT_EQ(pgco::detail::impl_of(c).wire_batches, 1u);
+            EXPECT_LT(ms_since(start), 5000);
+            EXPECT_EQ(e.code(), pgco::errc::query_timeout) << e.what();
+            EXPECT_FALSE(c.is_open());
+        },
+        20s);
 }
