@@ -1359,6 +1359,28 @@ struct wire_progress
     }
 };
 
+// Appends what the socket holds to c.wire_in, without waiting.
+void wire_recv(connection_impl& c, wire_progress& w, io_failure& f)
+{
+    auto& in = c.wire_in;
+    std::size_t want = std::max<std::size_t>(w.have + 16384, w.need);
+    if (in.size() < want)
+        in.resize(std::max(want, in.size() * 2));
+    for (;;) {
+        auto n = ::recv(PQsocket(c.conn), in.data() + w.have, in.size() - w.have, MSG_DONTWAIT);
+        if (n > 0) {
+            w.have += static_cast<std::size_t>(n);
+        } else if (n == 0) {
+            f.lost = "server closed the connection unexpectedly";
+        } else if (errno == EINTR) {
+            continue;
+        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+            f.lost = std::string("could not receive data from server: ") + std::strerror(errno);
+        }
+        break;
+    }
+}
+
 // Waits for input (as read_input does) and appends it to c.wire_in.
 asio::awaitable<void> wire_read(connection_impl& c, std::optional<asio::steady_timer>& deadline,
                                 io_failure& f, wire_progress& w, bool fresh)
@@ -1387,23 +1409,7 @@ asio::awaitable<void> wire_read(connection_impl& c, std::optional<asio::steady_t
         f.ec = e.code();
         co_return;
     }
-    auto& in = c.wire_in;
-    std::size_t want = std::max<std::size_t>(w.have + 16384, w.need);
-    if (in.size() < want)
-        in.resize(std::max(want, in.size() * 2));
-    for (;;) {
-        auto n = ::recv(PQsocket(c.conn), in.data() + w.have, in.size() - w.have, MSG_DONTWAIT);
-        if (n > 0) {
-            w.have += static_cast<std::size_t>(n);
-        } else if (n == 0) {
-            f.lost = "server closed the connection unexpectedly";
-        } else if (errno == EINTR) {
-            continue;
-        } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
-            f.lost = std::string("could not receive data from server: ") + std::strerror(errno);
-        }
-        break;
-    }
+    wire_recv(c, w, f);
 }
 
 // A result of `st`'s columns in `format`, for rows to be added.
@@ -1465,8 +1471,8 @@ void wire_notice(connection_impl& c, const detail::wire::error_fields& ef)
 
 // Parses what arrived of a batch sent on the wire, as take_pipeline_results does with what
 // libpq parsed: each statement's rows and completion (or its error), then ReadyForQuery.
-void take_wire_results(connection_impl& c, std::vector<pipeline_command>& cmds,
-                       pipeline_progress& p, wire_progress& w)
+void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pipeline_progress& p,
+                       wire_progress& w)
 {
     std::string_view buf(c.wire_in.data(), w.have);
     std::size_t pos = 0;
@@ -1487,8 +1493,8 @@ void take_wire_results(connection_impl& c, std::vector<pipeline_command>& cmds,
         }
         switch (m.type) {
         case '2': // BindComplete
-        case 'S': // ParameterStatus: pgco reads none
         case 'A': // a notification: pool connections listen for none
+        case 'S': // ParameterStatus: libpq's copy goes stale, and pgco reads none of them
             break;
         case 'D':
             if (p.first_error != cmds.size())
@@ -1516,7 +1522,7 @@ void take_wire_results(connection_impl& c, std::vector<pipeline_command>& cmds,
                     tag = copy;
                 }
             }
-            if (cmd.entry->sink && !cmd.consumed &&
+            if (cmd.entry && cmd.entry->sink && !cmd.consumed &&
                 PQntuples(r) <= detail::batch_entry::early_rows) {
                 result taken(r, tag);
                 cmd.entry->sink(cmd.entry->sink_ctx, taken);
@@ -1573,6 +1579,20 @@ void take_wire_results(connection_impl& c, std::vector<pipeline_command>& cmds,
     w.have -= pos;
 }
 
+// A statement with a huge row or parameter does not leave its buffers to the connection.
+void trim_wire_buffers(connection_impl& c)
+{
+    constexpr std::size_t kept = 1 << 20;
+    if (c.wire_in.size() > kept) {
+        c.wire_in.clear();
+        c.wire_in.shrink_to_fit();
+    }
+    if (c.wire_out.capacity() > kept) {
+        c.wire_out.clear();
+        c.wire_out.shrink_to_fit();
+    }
+}
+
 // Runs the batch wire_batch built, with the semantics of run_pipeline.
 asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
                                         std::vector<pipeline_command>& cmds, bool started_idle)
@@ -1590,6 +1610,7 @@ asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::ba
         co_await wire_read(c, deadline, p.f, w, std::exchange(p.fresh, false));
     }
     conclude_pipeline(c, entries, cmds, p, started_idle, true);
+    trim_wire_buffers(c);
 }
 
 // Runs `entries` in one pipeline with one Sync: statements seen before on this connection as
@@ -1934,6 +1955,81 @@ bool stale_statement(connection_impl& c, const error& e, std::string_view sql,
     return true;
 }
 
+// Whether exec_params may run `st` on the wire (see wire.hpp): prepared and described on a plain
+// socket, with libpq idle, and no query timeout to race (the general path has the deadline).
+bool wire_single(connection_impl& c, const detail::cached_statement& st,
+                 const detail::params_view& params)
+{
+    return c.plain_socket && st.prepared && st.described && c.cache.evicted.empty() &&
+           c.query_timeout.count() == 0 && params.count <= 65535 &&
+           PQtransactionStatus(c.conn) == PQTRANS_IDLE;
+}
+
+// Sends Bind, Execute and Sync for `cmd`'s statement. Returns how much of c.wire_out went out
+// (all of it but for a request larger than the socket's buffer) and, in `read_now`, whether to
+// read at once (see early_read); throws if nothing could be sent.
+std::size_t wire_send_single(connection_impl& c, pipeline_command& cmd,
+                             const detail::params_view& params, bool& read_now)
+{
+    auto& out = c.wire_out;
+    out.clear();
+    detail::wire::put_bind(out, cmd.statement->name, params, cmd.format);
+    detail::wire::put_execute(out);
+    detail::wire::put_sync(out);
+    auto send_start = std::chrono::steady_clock::now();
+    ssize_t n;
+    do
+        n = ::send(PQsocket(c.conn), out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    while (n < 0 && errno == EINTR);
+    auto took = std::chrono::steady_clock::now() - send_start;
+    if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+        throw_connection_lost(c, std::string("could not send data to server: ") +
+                                     std::strerror(errno));
+    std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
+    if (sent > 0)
+        c.request_sent = true;
+    read_now = c.read_policy.after_send(took);
+    return sent;
+}
+
+// A statement run alone on the wire, once its answer is in (`p.synced`) or its wait failed: its
+// result, or the error exec_params' libpq path would report.
+result wire_single_outcome(connection_impl& c, pipeline_command& cmd, pipeline_progress& p)
+{
+    c.unfinished = false;
+    if (p.synced) {
+        trim_wire_buffers(c);
+        if (p.said)
+            throw *p.said;
+        return result(std::exchange(cmd.res, nullptr), cmd.tag);
+    }
+    // libpq knows nothing of the request: what is left of it cannot be discarded later.
+    if (p.f.ec == asio::error::operation_aborted || !c.conn)
+        throw_io_failure(c, p.f, false);
+    std::string sqlstate = p.said ? std::string(p.said->sqlstate()) : "";
+    std::string why = p.said ? std::string(p.said->what()) : p.f.ec ? p.f.ec.message() : p.f.lost;
+    bool sent = c.request_sent;
+    c.close();
+    error lost(errc::connection_lost, "P1017: server closed the connection: " + why, sqlstate, why,
+               {}, {}, sent);
+    // As request_outcome: a SQLSTATE instead of a completion (57P01) means the statement was
+    // aborted; a completion first, or a link that just broke, leaves the commit unknown.
+    lost.set_maybe_applied(sent && (p.at > 0 || sqlstate.empty()));
+    throw lost;
+}
+
+// What arrived after a wait for input on a statement run alone on the wire.
+void wire_single_input(connection_impl& c, boost::system::error_code ec, wire_progress& w,
+                       io_failure& f)
+{
+    if (ec && detail::readable_anyway(ec))
+        ec = {}; // recv reports the EOF or error
+    if (ec || !c.conn)
+        f.ec = ec ? ec : asio::error::operation_aborted;
+    else
+        wire_recv(c, w, f);
+}
+
 } // namespace
 
 // The path of every statement, kept to one coroutine frame small enough (≤ 1020 bytes) for
@@ -1969,6 +2065,59 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
         if (it == c.cache.end() || !it->prepared || !c.cache.evicted.empty()) {
             if (!keyed)
                 detail::statement_key(c.sql, sql, params);
+            co_return co_await prepare_and_run(self, sql.size(), params, binary);
+        }
+        if (wire_single(c, *it, params)) {
+            // Bind, Execute and Sync written and read by pgco (see wire.hpp), in this frame.
+            pipeline_command cmd(pipeline_command::execute, nullptr, std::string());
+            cmd.statement = &*it;
+            cmd.format = result_format(*it, binary);
+            pipeline_progress p;
+            p.first_error = 1;
+            wire_progress w;
+            std::size_t sent = wire_send_single(c, cmd, params, read_now);
+            bool fresh = !read_now;
+            while (sent < c.wire_out.size() && !p.f) { // larger than the socket's buffer
+                fresh = false;
+                try {
+                    auto [ec] = co_await c.sock.async_wait(wait_type::wait_write, use_tuple);
+                    if (ec || !c.conn)
+                        p.f.ec = ec ? ec : asio::error::operation_aborted;
+                } catch (const boost::system::system_error& e) {
+                    p.f.ec = e.code();
+                }
+                if (p.f)
+                    break;
+                auto n = ::send(PQsocket(c.conn), c.wire_out.data() + sent,
+                                c.wire_out.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+                if (n > 0) {
+                    sent += static_cast<std::size_t>(n);
+                    c.request_sent = true;
+                } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+                    p.f.lost = std::string("could not send data to server: ") + std::strerror(errno);
+                }
+            }
+            if (read_now && !p.f)
+                wire_recv(c, w, p.f);
+            for (;;) {
+                if (!p.f)
+                    take_wire_results(c, std::span(&cmd, 1), p, w);
+                if (p.synced || p.f)
+                    break;
+                try {
+                    auto [ec] = co_await c.async_wait_input(std::exchange(fresh, false), use_tuple);
+                    wire_single_input(c, ec, w, p.f);
+                } catch (const boost::system::system_error& e) {
+                    // co_await throws instead of waiting when cancellation was requested.
+                    wire_single_input(c, e.code(), w, p.f);
+                }
+            }
+            try {
+                co_return wire_single_outcome(c, cmd, p);
+            } catch (const error& e) {
+                if (!stale_statement(c, e, sql, params))
+                    throw;
+            }
             co_return co_await prepare_and_run(self, sql.size(), params, binary);
         }
         read_now = send_prepared(c, *it, params, binary);
