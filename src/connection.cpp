@@ -1601,7 +1601,7 @@ asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::ba
     p.first_error = cmds.size();
     wire_progress w;
     auto deadline = make_deadline(c);
-    ++c.wire_batches;
+    ++c.wire_requests;
     p.fresh = co_await wire_write(c, deadline, p.f);
     while (!p.f) {
         take_wire_results(c, cmds, p, w);
@@ -1988,6 +1988,7 @@ std::size_t wire_send_single(connection_impl& c, pipeline_command& cmd,
     std::size_t sent = n > 0 ? static_cast<std::size_t>(n) : 0;
     if (sent > 0)
         c.request_sent = true;
+    ++c.wire_requests;
     read_now = c.read_policy.after_send(took);
     return sent;
 }
@@ -2094,7 +2095,8 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
                     sent += static_cast<std::size_t>(n);
                     c.request_sent = true;
                 } else if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
-                    p.f.lost = std::string("could not send data to server: ") + std::strerror(errno);
+                    p.f.lost =
+                        std::string("could not send data to server: ") + std::strerror(errno);
                 }
             }
             if (read_now && !p.f)

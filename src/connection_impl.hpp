@@ -225,7 +225,7 @@ struct connection_impl
     bool plain_socket = false;
     std::string wire_out;           // a batch's messages, reused between batches
     std::string wire_in;            // what was received and not parsed yet
-    std::uint64_t wire_batches = 0; // batches sent that way (for tests)
+    std::uint64_t wire_requests = 0; // batches and statements sent that way (for tests)
 
     void release_socket() noexcept
     {

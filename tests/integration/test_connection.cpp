@@ -822,10 +822,10 @@ TEST(connection, a_batch_of_known_statements_goes_on_the_wire_with_results_equal
             auto& impl = pgco::detail::impl_of(c);
             auto first_batch = make();
             auto first = co_await c.pipeline(first_batch);
-            EXPECT_EQ(impl.wire_batches, 0u); // statements seen for the first time: libpq's
+            EXPECT_EQ(impl.wire_requests, 0u); // statements seen for the first time: libpq's
             auto second_batch = make();
             auto second = co_await c.pipeline(second_batch);
-            EXPECT_EQ(impl.wire_batches, 1u);
+            EXPECT_EQ(impl.wire_requests, 1u);
             EXPECT_EQ(first.size(), 8u);
             EXPECT_EQ(second.size(), 8u);
             for (std::size_t i = 0; i < first.size() && i < second.size(); ++i)
@@ -864,7 +864,7 @@ TEST(connection, a_failing_statement_of_a_batch_on_the_wire_fails_alone_and_leav
             auto failing = make(0);
             auto e =
                 co_await expect_error([&]() -> awaitable<void> { co_await c.pipeline(failing); });
-            EXPECT_EQ(impl.wire_batches, 1u);
+            EXPECT_EQ(impl.wire_requests, 1u);
             EXPECT_EQ(e.code(), pgco::errc::server_error) << e.what();
             EXPECT_EQ(e.sqlstate(), "22012");
             EXPECT_NE(std::string(e.what()).find("division by zero"), std::string::npos)
@@ -875,7 +875,7 @@ TEST(connection, a_failing_statement_of_a_batch_on_the_wire_fails_alone_and_leav
             EXPECT_TRUE(c.is_open());
             auto again = make(5);
             auto results = co_await c.pipeline(again);
-            EXPECT_EQ(impl.wire_batches, 2u);
+            EXPECT_EQ(impl.wire_requests, 2u);
             EXPECT_EQ(results.at(1).get<int>(0, 0), 2);
             EXPECT_EQ(results.at(2).get<int>(0, 0), 3);
         },
@@ -898,10 +898,90 @@ TEST(connection, a_batch_on_the_wire_that_outlives_the_query_timeout_closes_the_
             auto slow = make(10);
             auto start = clock_type::now();
             auto e = co_await expect_error([&]() -> awaitable<void> { co_await c.pipeline(slow); });
-            EXPECT_EQ(pgco::detail::impl_of(c).wire_batches, 1u);
+            EXPECT_EQ(pgco::detail::impl_of(c).wire_requests, 1u);
             EXPECT_LT(ms_since(start), 5000);
             EXPECT_EQ(e.code(), pgco::errc::query_timeout) << e.what();
             EXPECT_FALSE(c.is_open());
+        },
+        20s);
+}
+
+namespace {
+
+struct wire_row
+{
+    int id;
+    std::string name;
+    double score;
+    bool flag;
+    std::optional<std::string> note;
+    bool operator==(const wire_row&) const = default;
+};
+
+} // namespace
+
+TEST(connection, a_known_statement_goes_on_the_wire_with_results_equal_to_libpqs)
+{
+    // As for batches: the first run of each statement prepares it through libpq, the second
+    // is written and read by pgco (src/wire.hpp), and both must give the same result, raw
+    // (text) and decoded (binary where pgco asks for it).
+    const std::string table = "wire_one_" + std::to_string(::getpid());
+    run(
+        [&]() -> awaitable<void> {
+            auto c = co_await connected();
+            co_await c.exec("CREATE TABLE " + table +
+                            " (id int PRIMARY KEY, name text, score float8, flag bool, note text)");
+            auto& impl = pgco::detail::impl_of(c);
+            const std::string insert = "INSERT INTO " + table +
+                                       " (id, name, score, flag, note) VALUES ($1, $2, $3, $4, $5)";
+            const std::string select =
+                "SELECT id, name, score, flag, note FROM " + table + " WHERE id >= $1 ORDER BY id";
+            auto before = impl.wire_requests;
+            EXPECT_EQ(co_await c.execute(insert, 1, std::string("one"), 1.5, true,
+                                         std::optional<std::string>("n")),
+                      1u);
+            EXPECT_EQ(impl.wire_requests, before); // first sight: libpq's
+            EXPECT_EQ(co_await c.execute(insert, 2, std::string(""), -2.25, false,
+                                         std::optional<std::string>()),
+                      1u);
+            EXPECT_EQ(impl.wire_requests, before + 1);
+            auto text_first = co_await c.exec(select, 0);
+            auto text_second = co_await c.exec(select, 0);
+            EXPECT_EQ(snapshot(text_first), snapshot(text_second));
+            EXPECT_EQ(text_second.command_status(), "SELECT 2");
+            auto rows_first = co_await c.query<wire_row>(select, 0);
+            auto rows_second = co_await c.query<wire_row>(select, 0);
+            EXPECT_EQ(rows_first, rows_second);
+            EXPECT_EQ(rows_second.size(), 2u);
+            if (rows_second.size() == 2u) {
+                EXPECT_EQ(rows_second[1].note, std::nullopt);
+                EXPECT_EQ(rows_second[1].name, "");
+                EXPECT_EQ(rows_second[0].score, 1.5);
+            }
+            const std::string big = "SELECT repeat($1, $2) AS big";
+            EXPECT_EQ((co_await c.query_one<std::string>(big, std::string("ab"), 10)).size(), 20u);
+            EXPECT_EQ((co_await c.query_one<std::string>(big, std::string("ab"), 150000)).size(),
+                      300000u); // larger than the first read's buffer
+            EXPECT_EQ(co_await c.query_one<int>(
+                          "SELECT count(*)::int FROM " + table + " WHERE id > $1", 5),
+                      0);
+            EXPECT_EQ(co_await c.query_one<int>(
+                          "SELECT count(*)::int FROM " + table + " WHERE id > $1", 0),
+                      2);
+            EXPECT_EQ(co_await c.execute("DELETE FROM " + table + " WHERE id = $1", 1), 1u);
+            EXPECT_EQ(co_await c.execute("DELETE FROM " + table + " WHERE id = $1", 2), 1u);
+            auto e = co_await expect_error([&]() -> awaitable<void> {
+                co_await c.execute(insert, 3, std::string("x"), 0.0, true,
+                                   std::optional<std::string>());
+                co_await c.execute(insert, 3, std::string("x"), 0.0, true,
+                                   std::optional<std::string>());
+            });
+            EXPECT_EQ(e.sqlstate(), "23505") << e.what();
+            EXPECT_FALSE(pgco::maybe_applied(e));
+            EXPECT_TRUE(c.is_open());
+            EXPECT_EQ(c.transaction_status(), pgco::connection::transaction_state::idle);
+            EXPECT_GE(impl.wire_requests, before + 9);
+            co_await c.exec("DROP TABLE " + table);
         },
         20s);
 }
