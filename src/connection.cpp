@@ -1955,6 +1955,47 @@ bool stale_statement(connection_impl& c, const error& e, std::string_view sql,
     return true;
 }
 
+} // namespace
+
+namespace detail {
+
+struct wire_call
+{
+    pipeline_command cmd{pipeline_command::execute, nullptr, std::string()};
+    pipeline_progress p;
+    wire_progress w;
+
+    void start(cached_statement& st, int format)
+    {
+        if (cmd.res)
+            PQclear(std::exchange(cmd.res, nullptr));
+        cmd.tag = nullptr;
+        cmd.consumed = false;
+        cmd.statement = &st;
+        cmd.format = format;
+        // Field by field: assigning a fresh progress would build and destroy its error.
+        p.at = 0;
+        p.first_error = 1;
+        p.synced = p.fresh = false;
+        p.f.ec = {};
+        p.f.timed_out = false;
+        p.f.lost.clear();
+        p.said.reset();
+        if (w.building)
+            PQclear(std::exchange(w.building, nullptr));
+        w.have = w.need = 0;
+    }
+};
+
+void wire_call_deleter::operator()(wire_call* w) const noexcept
+{
+    delete w;
+}
+
+} // namespace detail
+
+namespace {
+
 // Whether exec_params may run `st` on the wire (see wire.hpp): prepared and described on a plain
 // socket, with libpq idle, and no query timeout to race (the general path has the deadline).
 bool wire_single(connection_impl& c, const detail::cached_statement& st,
@@ -2069,13 +2110,12 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
             co_return co_await prepare_and_run(self, sql.size(), params, binary);
         }
         if (wire_single(c, *it, params)) {
-            // Bind, Execute and Sync written and read by pgco (see wire.hpp), in this frame.
-            pipeline_command cmd(pipeline_command::execute, nullptr, std::string());
-            cmd.statement = &*it;
-            cmd.format = result_format(*it, binary);
-            pipeline_progress p;
-            p.first_error = 1;
-            wire_progress w;
+            // Bind, Execute and Sync written and read by pgco (see wire.hpp).
+            if (!c.wire_single)
+                c.wire_single.reset(new detail::wire_call);
+            auto& call = *c.wire_single;
+            call.start(*it, result_format(*it, binary));
+            auto& [cmd, p, w] = call;
             std::size_t sent = wire_send_single(c, cmd, params, read_now);
             bool fresh = !read_now;
             while (sent < c.wire_out.size() && !p.f) { // larger than the socket's buffer

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <iterator>
 #include <list>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -192,6 +193,15 @@ void check_sql_text(std::string_view sql);
 /// `sql` + NUL + the parameter types, into `out` (reusing its buffer).
 void statement_key(std::string& out, std::string_view sql, const params_view& params);
 
+/// A statement run alone on the wire, while it runs (connection.cpp): kept by the connection
+/// rather than in exec_params' coroutine frame, which must stay small enough for Asio to
+/// recycle it.
+struct wire_call;
+struct wire_call_deleter
+{
+    void operator()(wire_call* w) const noexcept;
+};
+
 struct connection_impl
 {
     using socket_type = boost::asio::generic::stream_protocol::socket;
@@ -226,6 +236,7 @@ struct connection_impl
     std::string wire_out;           // a batch's messages, reused between batches
     std::string wire_in;            // what was received and not parsed yet
     std::uint64_t wire_requests = 0; // batches and statements sent that way (for tests)
+    std::unique_ptr<wire_call, wire_call_deleter> wire_single; // made on first use
 
     void release_socket() noexcept
     {

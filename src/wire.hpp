@@ -19,27 +19,6 @@
 
 namespace pgco::detail::wire {
 
-inline void put_u16(std::string& out, std::uint16_t v)
-{
-    char b[2] = {static_cast<char>(v >> 8), static_cast<char>(v)};
-    out.append(b, 2);
-}
-
-inline void put_u32(std::string& out, std::uint32_t v)
-{
-    char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                 static_cast<char>(v)};
-    out.append(b, 4);
-}
-
-inline void set_u32(std::string& out, std::size_t at, std::uint32_t v)
-{
-    out[at] = static_cast<char>(v >> 24);
-    out[at + 1] = static_cast<char>(v >> 16);
-    out[at + 2] = static_cast<char>(v >> 8);
-    out[at + 3] = static_cast<char>(v);
-}
-
 inline std::uint32_t get_u32(const char* p) noexcept
 {
     auto b = reinterpret_cast<const unsigned char*>(p);
@@ -58,34 +37,63 @@ inline std::uint16_t get_u16(const char* p) noexcept
 inline void put_bind(std::string& out, std::string_view statement, const params_view& p,
                      int result_format)
 {
-    out.push_back('B');
+    auto length_of = [&p](int i) -> std::size_t {
+        const char* v = p.values ? p.values[i] : nullptr;
+        if (!v)
+            return 0;
+        return p.formats && p.formats[i] != 0 ? static_cast<std::size_t>(p.lengths[i])
+                                              : std::strlen(v);
+    };
+    // Sized first and written through a pointer: appending field by field costs a capacity
+    // check per field, a good part of the client's work for a short statement.
+    auto count = static_cast<std::size_t>(p.count);
+    std::size_t values = 0;
+    for (int i = 0; i < p.count; ++i)
+        values += 4 + length_of(i);
+    std::size_t body =
+        4 + 1 + statement.size() + 1 + 2 + (p.formats ? 2 * count : 0) + 2 + values + 2 + 2;
     std::size_t at = out.size();
-    put_u32(out, 0);     // the length, set below
-    out.push_back('\0'); // the unnamed portal
-    out.append(statement);
-    out.push_back('\0');
+    out.resize(at + 1 + body);
+    char* w = out.data() + at;
+    auto u16 = [&w](std::uint16_t v) {
+        w[0] = static_cast<char>(v >> 8);
+        w[1] = static_cast<char>(v);
+        w += 2;
+    };
+    auto u32 = [&w](std::uint32_t v) {
+        w[0] = static_cast<char>(v >> 24);
+        w[1] = static_cast<char>(v >> 16);
+        w[2] = static_cast<char>(v >> 8);
+        w[3] = static_cast<char>(v);
+        w += 4;
+    };
+    *w++ = 'B';
+    u32(static_cast<std::uint32_t>(body));
+    *w++ = '\0'; // the unnamed portal
+    std::memcpy(w, statement.data(), statement.size());
+    w += statement.size();
+    *w++ = '\0';
     if (p.formats) {
-        put_u16(out, static_cast<std::uint16_t>(p.count));
+        u16(static_cast<std::uint16_t>(p.count));
         for (int i = 0; i < p.count; ++i)
-            put_u16(out, static_cast<std::uint16_t>(p.formats[i]));
+            u16(static_cast<std::uint16_t>(p.formats[i]));
     } else {
-        put_u16(out, 0); // all text
+        u16(0); // all text
     }
-    put_u16(out, static_cast<std::uint16_t>(p.count));
+    u16(static_cast<std::uint16_t>(p.count));
     for (int i = 0; i < p.count; ++i) {
         const char* v = p.values ? p.values[i] : nullptr;
         if (!v) {
-            put_u32(out, 0xffffffffu); // NULL
+            u32(0xffffffffu); // NULL
             continue;
         }
-        bool binary = p.formats && p.formats[i] != 0;
-        std::size_t n = binary ? static_cast<std::size_t>(p.lengths[i]) : std::strlen(v);
-        put_u32(out, static_cast<std::uint32_t>(n));
-        out.append(v, n);
+        std::size_t n = length_of(i);
+        u32(static_cast<std::uint32_t>(n));
+        std::memcpy(w, v, n);
+        w += n;
     }
-    put_u16(out, 1); // one result format, for all columns
-    put_u16(out, static_cast<std::uint16_t>(result_format));
-    set_u32(out, at, static_cast<std::uint32_t>(out.size() - at));
+    u16(1); // one result format, for all columns
+    u16(static_cast<std::uint16_t>(result_format));
 }
 
 /// Execute of the unnamed portal, every row.
