@@ -1485,9 +1485,9 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
                    "')";
     };
     while (!p.f && detail::wire::next_message(buf, pos, m, w.need, bad)) {
-        if (p.synced) {
-            // Anything after ReadyForQuery (a notice, a notification, the server's goodbye)
-            // was libpq's to read: this connection is not reused.
+        if (p.synced && m.type != 'A' && m.type != 'S' && m.type != 'N' && m.type != 'E') {
+            // After ReadyForQuery only what the server sends unasked may come; the batch's
+            // results stand, the connection is not reused.
             c.doomed = true;
             continue;
         }
@@ -1543,9 +1543,9 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
                 violation("a malformed error or notice");
                 break;
             }
-            if (m.type == 'N' || ef.severity == "FATAL" || ef.severity == "PANIC")
-                wire_notice(c, ef);
-            if (m.type == 'N' || p.first_error != cmds.size())
+            if (m.type == 'N' || ef.severity == "FATAL" || ef.severity == "PANIC" || p.synced)
+                wire_notice(c, ef); // after ReadyForQuery: the server's goodbye (57P01...)
+            if (m.type == 'N' || p.first_error != cmds.size() || p.synced)
                 break;
             if (p.at >= cmds.size()) { // at the Sync's commit: as libpq's path does
                 p.f.lost = "unexpected results in the pipeline";
@@ -1572,8 +1572,12 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
     }
     if (bad)
         violation("a message length below 4");
-    if (p.synced && pos != w.have)
-        c.doomed = true; // part of a message after ReadyForQuery (see above)
+    if (p.synced && pos != w.have) {
+        // Part of a message the server sent unasked right after ReadyForQuery: libpq would
+        // read the rest without its start, so the connection is not reused.
+        c.doomed = true;
+        pos = w.have;
+    }
     // The unparsed rest to the front, for the next read to complete.
     std::memmove(c.wire_in.data(), c.wire_in.data() + pos, w.have - pos);
     w.have -= pos;

@@ -985,3 +985,35 @@ TEST(connection, a_known_statement_goes_on_the_wire_with_results_equal_to_libpqs
         },
         20s);
 }
+
+TEST(connection, notices_notifications_and_parameter_changes_on_the_wire_leave_it_usable)
+{
+    // What the server sends unasked around a statement's answer (a NOTICE, a notification to
+    // this very session, a ParameterStatus for application_name) is read by pgco, not libpq:
+    // the answer must still be right and the connection fit for the next statement.
+    const std::string channel = "wire_ch_" + std::to_string(::getpid());
+    run(
+        [&]() -> awaitable<void> {
+            auto c = co_await connected();
+            co_await c.exec("LISTEN " + channel);
+            co_await c.exec(
+                "CREATE FUNCTION pg_temp.wire_noisy(v int) RETURNS int LANGUAGE plpgsql AS $$ "
+                "BEGIN RAISE NOTICE 'noisy %', v; PERFORM pg_notify('" +
+                channel +
+                "', v::text); PERFORM set_config('application_name', 'wire_' || v, false); "
+                "RETURN v; END $$");
+            auto& impl = pgco::detail::impl_of(c);
+            auto before = impl.wire_requests;
+            for (int i = 1; i <= 4; ++i)
+                EXPECT_EQ(co_await c.query_one<int>("SELECT pg_temp.wire_noisy($1)", i), i);
+            EXPECT_EQ(impl.wire_requests, before + 3);
+            EXPECT_TRUE(c.is_open());
+            EXPECT_FALSE(impl.doomed);
+            EXPECT_EQ(c.transaction_status(), pgco::connection::transaction_state::idle);
+            for (int i = 0; i < 2; ++i)
+                EXPECT_EQ(co_await c.query_one<std::string>(
+                              "SELECT current_setting('application_name') WHERE $1", true),
+                          "wire_4");
+        },
+        10s);
+}
