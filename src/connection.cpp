@@ -967,6 +967,8 @@ void describe_columns(const PGresult* description, detail::cached_statement& st)
             st.names[i].data(), PQftable(description, f), PQftablecol(description, f), 0,
             st.columns[i],      PQfsize(description, f),  PQfmod(description, f)};
     }
+    // The key starts with the SQL text and a NUL.
+    st.wire_fit = n > 0 || detail::never_returns_rows_without_columns(st.key.c_str());
 }
 
 int result_format(const detail::cached_statement& st, detail::binary_check binary)
@@ -1275,7 +1277,7 @@ bool wire_batch(connection_impl& c, std::span<detail::batch_entry*> entries,
     out.clear();
     for (auto* e : entries) {
         auto it = e->params.count <= 65535 ? c.cache.find(e->key) : c.cache.end();
-        if (it == c.cache.end() || !it->prepared || !it->described) {
+        if (it == c.cache.end() || !it->prepared || !it->described || !it->wire_fit) {
             cmds.clear();
             return false;
         }
@@ -1674,29 +1676,13 @@ void statement_key(std::string& out, std::string_view sql, const params_view& pa
                    static_cast<std::size_t>(params.count) * sizeof(oid));
 }
 
-bool shareable_statement(std::string_view sql) noexcept
+namespace {
+
+// The first word of `sql` after blanks, opening parentheses and comments (`--` to the end of
+// the line, `/* */` nested as PostgreSQL nests them); none if that word goes on as an
+// identifier ("SELECT_1").
+std::optional<std::string_view> first_word(std::string_view sql) noexcept
 {
-    // Runs for every statement: no locale (keywords are ASCII), and the common case, a
-    // statement starting with a six-letter keyword, in one comparison per keyword.
-    if (sql.size() >= 8) {
-        auto key = [](const char(&k)[7]) {
-            std::uint64_t v = 0;
-            for (int i = 5; i >= 0; --i)
-                v = v << 8 | static_cast<unsigned char>(k[i]);
-            return v;
-        };
-        std::uint64_t head;
-        std::memcpy(&head, sql.data(), 8);
-        if constexpr (std::endian::native == std::endian::little) {
-            auto six = head & 0x0000dfdfdfdfdfdf; // the first six bytes, letters upper-cased
-            char next = sql[6];
-            bool word_ends = next == ' ' || next == '\t' || next == '\n' || next == '\r' ||
-                             next == '(' || next == '*' || next == '-' || next == '/';
-            if (word_ends && (six == key("SELECT") || six == key("INSERT") ||
-                              six == key("UPDATE") || six == key("DELETE") || six == key("VALUES")))
-                return true;
-        }
-    }
     const char* p = sql.data();
     const char* const end = p + sql.size();
     for (;;) { // blanks, parentheses and comments before the first word
@@ -1733,16 +1719,58 @@ bool shareable_statement(std::string_view sql) noexcept
     // An identifier goes on with digits, '_', '$' and non-ASCII bytes: "SELECT_1" is no keyword.
     if (p < end && ((*p >= '0' && *p <= '9') || *p == '_' || *p == '$' ||
                     static_cast<unsigned char>(*p) >= 0x80))
+        return std::nullopt;
+    return std::string_view(word, static_cast<std::size_t>(p - word));
+}
+
+// `word` is `keyword` (upper-case ASCII) in any case.
+bool keyword_is(std::string_view word, std::string_view keyword) noexcept
+{
+    if (word.size() != keyword.size())
         return false;
-    auto is = [word, n = p - word](std::string_view keyword) {
-        if (n != static_cast<std::ptrdiff_t>(keyword.size()))
+    for (std::size_t k = 0; k < keyword.size(); ++k)
+        if ((word[k] & ~0x20) != keyword[k]) // upper-cases ASCII letters
             return false;
-        for (std::size_t k = 0; k < keyword.size(); ++k)
-            if ((word[k] & ~0x20) != keyword[k]) // upper-cases ASCII letters
-                return false;
-        return true;
-    };
-    switch (p - word) {
+    return true;
+}
+
+} // namespace
+
+bool never_returns_rows_without_columns(std::string_view sql) noexcept
+{
+    auto word = first_word(sql);
+    return word && (keyword_is(*word, "INSERT") || keyword_is(*word, "UPDATE") ||
+                    keyword_is(*word, "DELETE"));
+}
+
+bool shareable_statement(std::string_view sql) noexcept
+{
+    // Runs for every statement: no locale (keywords are ASCII), and the common case, a
+    // statement starting with a six-letter keyword, in one comparison per keyword.
+    if (sql.size() >= 8) {
+        auto key = [](const char(&k)[7]) {
+            std::uint64_t v = 0;
+            for (int i = 5; i >= 0; --i)
+                v = v << 8 | static_cast<unsigned char>(k[i]);
+            return v;
+        };
+        std::uint64_t head;
+        std::memcpy(&head, sql.data(), 8);
+        if constexpr (std::endian::native == std::endian::little) {
+            auto six = head & 0x0000dfdfdfdfdfdf; // the first six bytes, letters upper-cased
+            char next = sql[6];
+            bool word_ends = next == ' ' || next == '\t' || next == '\n' || next == '\r' ||
+                             next == '(' || next == '*' || next == '-' || next == '/';
+            if (word_ends && (six == key("SELECT") || six == key("INSERT") ||
+                              six == key("UPDATE") || six == key("DELETE") || six == key("VALUES")))
+                return true;
+        }
+    }
+    auto word = first_word(sql);
+    if (!word)
+        return false;
+    auto is = [w = *word](std::string_view keyword) { return keyword_is(w, keyword); };
+    switch (word->size()) {
     case 4:
         return is("WITH");
     case 5:
@@ -2005,8 +2033,8 @@ namespace {
 bool wire_single(connection_impl& c, const detail::cached_statement& st,
                  const detail::params_view& params)
 {
-    return c.plain_socket && st.prepared && st.described && c.cache.evicted.empty() &&
-           c.query_timeout.count() == 0 && params.count <= 65535 &&
+    return c.plain_socket && st.prepared && st.described && st.wire_fit &&
+           c.cache.evicted.empty() && c.query_timeout.count() == 0 && params.count <= 65535 &&
            PQtransactionStatus(c.conn) == PQTRANS_IDLE;
 }
 

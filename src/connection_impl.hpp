@@ -46,6 +46,9 @@ struct cached_statement
     std::vector<PGresAttDesc> attrs{};
     std::vector<std::string> names{};
     bool described = false;
+    // Its results can be built with libpq's public API (see wire.hpp): it has columns, or it
+    // returns no rows. Set with `columns`.
+    bool wire_fit = false;
     bool prepared = false; // the server confirmed the Parse
 };
 
@@ -233,8 +236,8 @@ struct connection_impl
     // Neither TLS nor GSS encryption: pgco may write and read protocol messages on the socket
     // itself while libpq is idle (see wire.hpp).
     bool plain_socket = false;
-    std::string wire_out;           // a batch's messages, reused between batches
-    std::string wire_in;            // what was received and not parsed yet
+    std::string wire_out;            // a batch's messages, reused between batches
+    std::string wire_in;             // what was received and not parsed yet
     std::uint64_t wire_requests = 0; // batches and statements sent that way (for tests)
     std::unique_ptr<wire_call, wire_call_deleter> wire_single; // made on first use
 
