@@ -1476,6 +1476,8 @@ void wire_notice(connection_impl& c, const detail::wire::error_fields& ef)
 void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pipeline_progress& p,
                        wire_progress& w)
 {
+    if (w.have == 0) // an early read that found nothing
+        return;
     std::string_view buf(c.wire_in.data(), w.have);
     std::size_t pos = 0;
     detail::wire::message m;
@@ -1581,7 +1583,8 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
         pos = w.have;
     }
     // The unparsed rest to the front, for the next read to complete.
-    std::memmove(c.wire_in.data(), c.wire_in.data() + pos, w.have - pos);
+    if (pos != 0 && pos != w.have)
+        std::memmove(c.wire_in.data(), c.wire_in.data() + pos, w.have - pos);
     w.have -= pos;
 }
 
