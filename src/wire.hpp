@@ -1,8 +1,9 @@
 #pragma once
 
 // The few messages of PostgreSQL's frontend/backend protocol (version 3) that pgco writes and
-// reads itself, on libpq's socket, for batches of statements already prepared and described
-// (see run_pipeline in connection.cpp).
+// reads itself, on libpq's socket, for statements already prepared and described: batches
+// (run_wire_pipeline in connection.cpp) and statements run alone (exec_params). libpq stays
+// idle meanwhile and never sees these messages.
 //
 // Why not through libpq: PQsendQueryPrepared always adds a Describe of the portal, so the server
 // builds and sends a RowDescription for every statement, and libpq parses it into a fresh
