@@ -714,11 +714,15 @@ asio::awaitable<void> flush_output(connection_impl& c, std::optional<asio::stead
     }
 }
 
-// Waits until the server sent something (or the deadline passed) and hands it to libpq.
+struct wire_progress;
+void wire_recv(connection_impl& c, wire_progress& w, io_failure& f);
+
+// Waits until the server sent something (or the deadline passed) and hands it to libpq, or
+// with `wire`, appends it to c.wire_in for pgco to parse (see wire.hpp).
 // `fresh`: nothing was read since the request was sent on an idle connection, so all that is
 // awaited is new input (see edge_wait.hpp).
 asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_timer>& deadline,
-                                 io_failure& f, bool fresh = false)
+                                 io_failure& f, bool fresh = false, wire_progress* wire = nullptr)
 {
     try {
         boost::system::error_code ec;
@@ -735,9 +739,13 @@ asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_
             ec = read_ec;
         }
         if (detail::readable_anyway(ec))
-            ec = {}; // libpq reads the EOF or error and reports it
+            ec = {}; // the read reports the EOF or error
         if (ec || !c.conn) {
             f.ec = ec ? ec : asio::error::operation_aborted;
+            co_return;
+        }
+        if (wire) {
+            wire_recv(c, *wire, f);
             co_return;
         }
         // On failure libpq may still hold the server's last error (57P01, say): read it.
@@ -1383,37 +1391,6 @@ void wire_recv(connection_impl& c, wire_progress& w, io_failure& f)
     }
 }
 
-// Waits for input (as read_input does) and appends it to c.wire_in.
-asio::awaitable<void> wire_read(connection_impl& c, std::optional<asio::steady_timer>& deadline,
-                                io_failure& f, wire_progress& w, bool fresh)
-{
-    try {
-        boost::system::error_code ec;
-        if (deadline) {
-            auto [order, read_ec, timer_ec] = co_await detail::first_of(
-                c.async_wait_input(fresh, asio::deferred), deadline->async_wait(asio::deferred));
-            if (order[0] == 1 && !timer_ec) {
-                f.timed_out = true;
-                co_return;
-            }
-            ec = read_ec;
-        } else {
-            auto [read_ec] = co_await c.async_wait_input(fresh, use_tuple);
-            ec = read_ec;
-        }
-        if (detail::readable_anyway(ec))
-            ec = {}; // recv reports the EOF or error
-        if (ec || !c.conn) {
-            f.ec = ec ? ec : asio::error::operation_aborted;
-            co_return;
-        }
-    } catch (const boost::system::system_error& e) {
-        f.ec = e.code();
-        co_return;
-    }
-    wire_recv(c, w, f);
-}
-
 // A result of `st`'s columns in `format`, for rows to be added.
 PGresult* wire_result(connection_impl& c, detail::cached_statement& st, int format)
 {
@@ -1616,7 +1593,7 @@ asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::ba
         take_wire_results(c, cmds, p, w);
         if (p.synced || p.f)
             break;
-        co_await wire_read(c, deadline, p.f, w, std::exchange(p.fresh, false));
+        co_await read_input(c, deadline, p.f, std::exchange(p.fresh, false), &w);
     }
     conclude_pipeline(c, entries, cmds, p, started_idle, true);
     trim_wire_buffers(c);

@@ -792,6 +792,18 @@ std::vector<std::string> snapshot(const pgco::result& r)
     return out;
 }
 
+/// The table the wire tests fill: a column of each common kind, and one for NULLs.
+std::string wire_table(const std::string& table)
+{
+    return "CREATE TABLE " + table +
+           " (id int PRIMARY KEY, name text, score float8, flag bool, note text)";
+}
+
+std::string wire_insert(const std::string& table)
+{
+    return "INSERT INTO " + table + " (id, name, score, flag, note) VALUES ($1, $2, $3, $4, $5)";
+}
+
 } // namespace
 
 TEST(connection, a_batch_of_known_statements_goes_on_the_wire_with_results_equal_to_libpqs)
@@ -803,10 +815,8 @@ TEST(connection, a_batch_of_known_statements_goes_on_the_wire_with_results_equal
     run(
         [&]() -> awaitable<void> {
             auto c = co_await connected();
-            co_await c.exec("CREATE TABLE " + table +
-                            " (id int PRIMARY KEY, name text, score float8, flag bool, note text)");
-            const std::string insert = "INSERT INTO " + table +
-                                       " (id, name, score, flag, note) VALUES ($1, $2, $3, $4, $5)";
+            co_await c.exec(wire_table(table));
+            const std::string insert = wire_insert(table);
             auto make = [&] {
                 pgco::batch b;
                 b.add(insert, 1, std::string("one"), 1.5, true, std::optional<std::string>("n"))
@@ -929,11 +939,9 @@ TEST(connection, a_known_statement_goes_on_the_wire_with_results_equal_to_libpqs
     run(
         [&]() -> awaitable<void> {
             auto c = co_await connected();
-            co_await c.exec("CREATE TABLE " + table +
-                            " (id int PRIMARY KEY, name text, score float8, flag bool, note text)");
+            co_await c.exec(wire_table(table));
             auto& impl = pgco::detail::impl_of(c);
-            const std::string insert = "INSERT INTO " + table +
-                                       " (id, name, score, flag, note) VALUES ($1, $2, $3, $4, $5)";
+            const std::string insert = wire_insert(table);
             const std::string select =
                 "SELECT id, name, score, flag, note FROM " + table + " WHERE id >= $1 ORDER BY id";
             auto before = impl.wire_requests;
