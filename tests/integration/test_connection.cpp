@@ -1031,3 +1031,40 @@ TEST(connection, notices_notifications_and_parameter_changes_on_the_wire_leave_i
         },
         10s);
 }
+
+TEST(connection, a_backend_killed_during_a_statement_on_the_wire_is_a_connection_error_not_applied)
+{
+    // As backend_killed_mid_query_reports_the_request_as_sent, but on the statement's second
+    // run, which pgco reads itself (src/wire.hpp): the server's FATAL 57P01 and the end of the
+    // link must give the same error libpq's path gives.
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        auto admin = co_await connected();
+        auto ex = co_await asio::this_coro::executor;
+        auto pid = c.backend_pid();
+        co_await c.execute("SELECT pg_sleep($1)", 0.0); // prepares it
+        auto& impl = pgco::detail::impl_of(c);
+        auto before = impl.wire_requests;
+        asio::co_spawn(
+            ex,
+            [&admin, pid, ex]() -> awaitable<void> {
+                co_await asio::steady_timer(ex, 200ms).async_wait(asio::use_awaitable);
+                co_await admin.execute("SELECT pg_terminate_backend($1)", pid);
+            },
+            asio::detached);
+        auto start = clock_type::now();
+        auto e = co_await expect_error(
+            [&]() -> awaitable<void> { co_await c.execute("SELECT pg_sleep($1)", 10.0); });
+        EXPECT_EQ(impl.wire_requests, before + 1);
+        EXPECT_LT(ms_since(start), 2000);
+        EXPECT_EQ(e.code(), pgco::errc::connection_lost) << e.what();
+        EXPECT_NE(std::string(e.what()).find("P1017"), std::string::npos) << e.what();
+        EXPECT_EQ(e.sqlstate(), "57P01") << e.what();
+        EXPECT_TRUE(e.request_sent());
+        EXPECT_FALSE(pgco::maybe_applied(e)); // the server said it aborted the statement
+        EXPECT_TRUE(pgco::is_connection_error(e));
+        EXPECT_FALSE(c.is_open());
+        co_await c.connect(database_url());
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 5"), 5);
+    });
+}
