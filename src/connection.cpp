@@ -951,8 +951,14 @@ asio::awaitable<result> complete_request(std::shared_ptr<connection_impl> self, 
 }
 
 /// Reads what is left of a request cancelled earlier, so that the connection can be used.
+asio::awaitable<void> finish_wire(std::shared_ptr<connection_impl> self);
+
 asio::awaitable<void> finish_unfinished(std::shared_ptr<connection_impl> self)
 {
+    if (self->wire_unfinished) {
+        co_await finish_wire(self);
+        co_return;
+    }
     request_state st(*self, false);
     co_await complete_request(self, st);
 }
@@ -1161,7 +1167,7 @@ void take_pipeline_results(connection_impl& c, std::vector<pipeline_command>& cm
 // What became of each entry, once the batch is over (`p.synced`) or failed (`p.f`).
 void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
                        std::vector<pipeline_command>& cmds, pipeline_progress& p, bool started_idle,
-                       bool on_wire)
+                       bool recoverable)
 {
     auto& [at, first_error, synced, fresh, f, wire_said] = p;
 
@@ -1195,9 +1201,7 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
                                          : "";
         if (f.timed_out || f.ec == asio::error::operation_aborted || !c.conn) {
             try {
-                // libpq knows nothing of a batch on the wire: what is left of it cannot be
-                // discarded later, so the connection goes.
-                throw_io_failure(c, f, !on_wire);
+                throw_io_failure(c, f, recoverable);
             } catch (const error& e) {
                 fail_all(entries, e);
             }
@@ -1568,6 +1572,8 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
 // A statement with a huge row or parameter does not leave its buffers to the connection.
 void trim_wire_buffers(connection_impl& c)
 {
+    if (c.wire_unfinished) // its first bytes are still to be read
+        return;
     constexpr std::size_t kept = 1 << 20;
     if (c.wire_in.size() > kept) {
         c.wire_in.clear();
@@ -1577,6 +1583,20 @@ void trim_wire_buffers(connection_impl& c)
         c.wire_out.clear();
         c.wire_out.shrink_to_fit();
     }
+}
+
+// After a failed wait for a request on the wire: whether it was a cancellation that leaves the
+// connection usable (as `unfinished` does for libpq's requests). Only a request sent whole can
+// be finished later: the next operation drops its answers up to ReadyForQuery
+// (finish_unfinished), starting from the bytes already received.
+bool wire_cancelled(connection_impl& c, const io_failure& f, const wire_progress& w,
+                    bool sent_whole)
+{
+    if (f.ec != asio::error::operation_aborted || !c.conn || !sent_whole)
+        return false;
+    c.wire_unfinished = true;
+    c.wire_pending = w.have;
+    return true;
 }
 
 // Runs the batch wire_batch built, with the semantics of run_pipeline.
@@ -1589,14 +1609,58 @@ asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::ba
     auto deadline = make_deadline(c);
     ++c.wire_requests;
     p.fresh = co_await wire_write(c, deadline, p.f);
+    bool sent_whole = !p.f;
     while (!p.f) {
         take_wire_results(c, cmds, p, w);
         if (p.synced || p.f)
             break;
         co_await read_input(c, deadline, p.f, std::exchange(p.fresh, false), &w);
     }
-    conclude_pipeline(c, entries, cmds, p, started_idle, true);
+    conclude_pipeline(c, entries, cmds, p, started_idle, wire_cancelled(c, p.f, w, sent_whole));
     trim_wire_buffers(c);
+}
+
+// Drops what is left of a cancelled request on the wire, up to its ReadyForQuery (the server
+// was asked to stop it: 57014 then comes first). What follows ReadyForQuery is handled as
+// after any answer (see take_wire_results).
+bool drop_to_ready(connection_impl& c, wire_progress& w, io_failure& f)
+{
+    std::string_view buf(c.wire_in.data(), w.have);
+    std::size_t pos = 0;
+    detail::wire::message m;
+    bool bad = false, ready = false;
+    while (!ready && detail::wire::next_message(buf, pos, m, w.need, bad)) {
+        detail::wire::error_fields ef;
+        if ((m.type == 'E' || m.type == 'N') && detail::wire::parse_error(m.body, ef) &&
+            (ef.severity == "FATAL" || ef.severity == "PANIC"))
+            wire_notice(c, ef);
+        ready = m.type == 'Z';
+    }
+    if (bad)
+        f.lost = "protocol violation: a message length below 4";
+    if (ready && pos != w.have)
+        c.doomed = true; // something unasked after it: not libpq's to read any more
+    if (ready)
+        pos = w.have;
+    if (pos != 0 && pos != w.have)
+        std::memmove(c.wire_in.data(), c.wire_in.data() + pos, w.have - pos);
+    w.have -= pos;
+    return ready;
+}
+
+asio::awaitable<void> finish_wire(std::shared_ptr<connection_impl> self)
+{
+    connection_impl& c = *self;
+    wire_progress w;
+    w.have = std::exchange(c.wire_pending, 0);
+    io_failure f;
+    auto deadline = make_deadline(c);
+    while (!drop_to_ready(c, w, f) && !f)
+        co_await read_input(c, deadline, f, false, &w);
+    if (f)
+        throw_io_failure(c, f, false);
+    c.wire_unfinished = false;
+    c.unfinished = false;
 }
 
 // Runs `entries` in one pipeline with one Sync: statements seen before on this connection as
@@ -1630,7 +1694,7 @@ asio::awaitable<void> run_pipeline(std::shared_ptr<connection_impl> self,
             break;
         co_await read_input(c, deadline, p.f, std::exchange(p.fresh, false));
     }
-    conclude_pipeline(c, entries, *cmds, p, started_idle, false);
+    conclude_pipeline(c, entries, *cmds, p, started_idle, true);
 }
 
 } // namespace
@@ -2048,7 +2112,8 @@ std::size_t wire_send_single(connection_impl& c, pipeline_command& cmd,
 
 // A statement run alone on the wire, once its answer is in (`p.synced`) or its wait failed: its
 // result, or the error exec_params' libpq path would report.
-result wire_single_outcome(connection_impl& c, pipeline_command& cmd, pipeline_progress& p)
+result wire_single_outcome(connection_impl& c, pipeline_command& cmd, pipeline_progress& p,
+                           const wire_progress& w, bool sent_whole)
 {
     c.unfinished = false;
     if (p.synced) {
@@ -2057,9 +2122,8 @@ result wire_single_outcome(connection_impl& c, pipeline_command& cmd, pipeline_p
             throw *p.said;
         return result(std::exchange(cmd.res, nullptr), cmd.tag);
     }
-    // libpq knows nothing of the request: what is left of it cannot be discarded later.
     if (p.f.ec == asio::error::operation_aborted || !c.conn)
-        throw_io_failure(c, p.f, false);
+        throw_io_failure(c, p.f, wire_cancelled(c, p.f, w, sent_whole));
     std::string sqlstate = p.said ? std::string(p.said->sqlstate()) : "";
     std::string why = p.said ? std::string(p.said->what()) : p.f.ec ? p.f.ec.message() : p.f.lost;
     bool sent = c.request_sent;
@@ -2167,7 +2231,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
                 }
             }
             try {
-                co_return wire_single_outcome(c, cmd, p);
+                co_return wire_single_outcome(c, cmd, p, w, sent == c.wire_out.size());
             } catch (const error& e) {
                 if (!stale_statement(c, e, sql, params))
                     throw;

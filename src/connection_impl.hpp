@@ -239,6 +239,10 @@ struct connection_impl
     std::string wire_out;            // a batch's messages, reused between batches
     std::string wire_in;             // what was received and not parsed yet
     std::uint64_t wire_requests = 0; // batches and statements sent that way (for tests)
+    // A cancelled request on the wire still has answers to drop (see `unfinished`), the first
+    // `wire_pending` bytes of `wire_in` already received.
+    bool wire_unfinished = false;
+    std::size_t wire_pending = 0;
     std::unique_ptr<wire_call, wire_call_deleter> wire_single; // made on first use
 
     void release_socket() noexcept
@@ -257,6 +261,8 @@ struct connection_impl
         cache.clear(); // prepared statements die with the session
         plain_socket = false;
         wire_in.clear();
+        wire_unfinished = false;
+        wire_pending = 0;
         unfinished = false;
         doomed = false;
     }

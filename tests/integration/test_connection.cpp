@@ -1068,3 +1068,52 @@ TEST(connection, a_backend_killed_during_a_statement_on_the_wire_is_a_connection
         EXPECT_EQ(co_await c.query_one<int>("SELECT 5"), 5);
     });
 }
+
+TEST(connection, a_cancelled_statement_or_batch_on_the_wire_leaves_the_connection_usable)
+{
+    // As cancellation_returns_promptly_and_connection_stays_usable, on the statement's second
+    // run (read by pgco, src/wire.hpp): the next operation drops what is left of it.
+    using namespace asio::experimental::awaitable_operators;
+    run([]() -> awaitable<void> {
+        auto c = co_await connected();
+        auto ex = co_await asio::this_coro::executor;
+        auto& impl = pgco::detail::impl_of(c);
+        const std::string sleep = "SELECT pg_sleep($1)::text";
+        co_await c.query_one<std::string>(sleep, 0.0); // prepares it
+        auto before = impl.wire_requests;
+        asio::steady_timer timer(ex, 200ms);
+        auto start = clock_type::now();
+        auto winner = co_await (c.query_one<std::string>(sleep, 10.0) ||
+                                timer.async_wait(asio::use_awaitable));
+        EXPECT_EQ(winner.index(), 1u);
+        EXPECT_EQ(impl.wire_requests, before + 1);
+        EXPECT_LT(ms_since(start), 1000);
+        start = clock_type::now();
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 41 + $1", 1), 42);
+        EXPECT_LT(ms_since(start), 2000);
+        EXPECT_TRUE(c.is_open());
+
+        // The same for a batch.
+        auto make = [&](double seconds) {
+            pgco::batch b;
+            b.add("SELECT $1::int", 1).add(sleep, seconds);
+            return b;
+        };
+        auto quick = make(0);
+        co_await c.pipeline(quick);
+        before = impl.wire_requests;
+        auto slow = make(10);
+        asio::steady_timer timer2(ex, 200ms);
+        start = clock_type::now();
+        auto batch_winner = co_await (c.pipeline(slow) || timer2.async_wait(asio::use_awaitable));
+        EXPECT_EQ(batch_winner.index(), 1u);
+        EXPECT_EQ(impl.wire_requests, before + 1);
+        start = clock_type::now();
+        auto again = make(0);
+        EXPECT_EQ((co_await c.pipeline(again)).size(), 2u);
+        EXPECT_LT(ms_since(start), 2000);
+        EXPECT_EQ(co_await c.query_one<int>("SELECT 41 + $1", 1), 42);
+        EXPECT_TRUE(c.is_open());
+        EXPECT_FALSE(impl.doomed);
+    });
+}
