@@ -703,6 +703,22 @@ TEST(connection, a_read_right_after_the_send_that_meets_the_end_of_the_link_repo
         10s);
 }
 
+namespace {
+
+/// Has `admin` terminate backend `pid` 200 ms from now, while the caller's query runs.
+void terminate_later(pgco::connection& admin, int pid, const asio::any_io_executor& ex)
+{
+    asio::co_spawn(
+        ex,
+        [&admin, pid, ex]() -> awaitable<void> {
+            co_await asio::steady_timer(ex, 200ms).async_wait(asio::use_awaitable);
+            co_await admin.execute("SELECT pg_terminate_backend($1)", pid);
+        },
+        asio::detached);
+}
+
+} // namespace
+
 TEST(connection, backend_killed_mid_query_reports_the_request_as_sent)
 {
     run([]() -> awaitable<void> {
@@ -710,13 +726,7 @@ TEST(connection, backend_killed_mid_query_reports_the_request_as_sent)
         auto admin = co_await connected();
         auto ex = co_await asio::this_coro::executor;
         auto pid = c.backend_pid();
-        asio::co_spawn(
-            ex,
-            [&admin, pid, ex]() -> awaitable<void> {
-                co_await asio::steady_timer(ex, 200ms).async_wait(asio::use_awaitable);
-                co_await admin.execute("SELECT pg_terminate_backend($1)", pid);
-            },
-            asio::detached);
+        terminate_later(admin, pid, ex);
         auto start = clock_type::now();
         auto e = co_await expect_error(
             [&]() -> awaitable<void> { co_await c.execute("SELECT pg_sleep(10)"); });
@@ -1045,13 +1055,7 @@ TEST(connection, a_backend_killed_during_a_statement_on_the_wire_is_a_connection
         co_await c.execute("SELECT pg_sleep($1)", 0.0); // prepares it
         auto& impl = pgco::detail::impl_of(c);
         auto before = impl.wire_requests;
-        asio::co_spawn(
-            ex,
-            [&admin, pid, ex]() -> awaitable<void> {
-                co_await asio::steady_timer(ex, 200ms).async_wait(asio::use_awaitable);
-                co_await admin.execute("SELECT pg_terminate_backend($1)", pid);
-            },
-            asio::detached);
+        terminate_later(admin, pid, ex);
         auto start = clock_type::now();
         auto e = co_await expect_error(
             [&]() -> awaitable<void> { co_await c.execute("SELECT pg_sleep($1)", 10.0); });
