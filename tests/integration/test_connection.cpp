@@ -1121,3 +1121,28 @@ TEST(connection, a_cancelled_statement_or_batch_on_the_wire_leaves_the_connectio
         EXPECT_FALSE(impl.doomed);
     });
 }
+
+TEST(connection, a_request_on_the_wire_larger_than_the_socket_buffer_is_sent_whole)
+{
+    // A 16 MB parameter: the first send takes part of it, the rest waits for the socket to
+    // drain (exec_params' loop for a statement alone, wire_write's for a batch).
+    run(
+        []() -> awaitable<void> {
+            auto c = co_await connected();
+            auto& impl = pgco::detail::impl_of(c);
+            const std::string sql = "SELECT length($1)";
+            const std::string big(16 << 20, 'x');
+            EXPECT_EQ(co_await c.query_one<int>(sql, std::string("abc")), 3); // prepares it
+            auto before = impl.wire_requests;
+            EXPECT_EQ(co_await c.query_one<int>(sql, big), 16 << 20);
+            EXPECT_EQ(impl.wire_requests, before + 1);
+            pgco::batch b;
+            b.add(sql, big).add(sql, std::string("de"));
+            auto results = co_await c.pipeline(b);
+            EXPECT_EQ(impl.wire_requests, before + 2);
+            EXPECT_EQ(results.at(0).get<int>(0, 0), 16 << 20);
+            EXPECT_EQ(results.at(1).get<int>(0, 0), 2);
+            EXPECT_EQ(co_await c.query_one<int>(sql, std::string("abcd")), 4);
+        },
+        30s);
+}
