@@ -715,7 +715,7 @@ asio::awaitable<void> flush_output(connection_impl& c, std::optional<asio::stead
 }
 
 struct wire_progress;
-void wire_recv(connection_impl& c, wire_progress& w, io_failure& f);
+void wire_input(connection_impl& c, boost::system::error_code ec, wire_progress& w, io_failure& f);
 
 // Waits until the server sent something (or the deadline passed) and hands it to libpq, or
 // with `wire`, appends it to c.wire_in for pgco to parse (see wire.hpp).
@@ -738,14 +738,14 @@ asio::awaitable<void> read_input(connection_impl& c, std::optional<asio::steady_
             auto [read_ec] = co_await c.async_wait_input(fresh, use_tuple);
             ec = read_ec;
         }
-        if (detail::readable_anyway(ec))
-            ec = {}; // the read reports the EOF or error
-        if (ec || !c.conn) {
-            f.ec = ec ? ec : asio::error::operation_aborted;
+        if (wire) {
+            wire_input(c, ec, *wire, f);
             co_return;
         }
-        if (wire) {
-            wire_recv(c, *wire, f);
+        if (detail::readable_anyway(ec))
+            ec = {}; // libpq reads the EOF or error and reports it
+        if (ec || !c.conn) {
+            f.ec = ec ? ec : asio::error::operation_aborted;
             co_return;
         }
         // On failure libpq may still hold the server's last error (57P01, say): read it.
@@ -1038,18 +1038,23 @@ void fail_all(std::span<detail::batch_entry*> entries, const error& e)
         entry->err = e;
 }
 
+// Room for `needed` commands, rounded up to a power of two within what the stock keeps: the
+// buffer is recycled (spare_vector), and growing it by a command or two from one batch to the
+// next would free the old one, a hole of several KB amid the blocks libpq allocates per
+// result, which glibc then splits and merges for each of them. Larger buffers are not kept
+// anyway.
+void reserve_commands(std::vector<pipeline_command>& cmds, std::size_t needed)
+{
+    cmds.reserve(needed <= detail::spare_vector<pipeline_command>::kept ? std::bit_ceil(needed)
+                                                                        : needed);
+}
+
 // Queues `entries` into libpq with one Sync (see run_pipeline). False if that failed: the
 // connection is closed and every entry has its error.
 bool send_pipeline(connection_impl& c, std::span<detail::batch_entry*> entries,
                    std::vector<pipeline_command>& cmds)
 {
-    // Rounded up to a power of two within what the stock keeps: the buffer is recycled
-    // (spare_vector), and growing it by a command or two from one batch to the next would free
-    // the old one, a hole of several KB amid the blocks libpq allocates per result, which glibc
-    // then splits and merges for each of them. Larger buffers are not kept anyway.
-    auto needed = entries.size() + c.cache.evicted.size() + 2;
-    cmds.reserve(needed <= detail::spare_vector<pipeline_command>::kept ? std::bit_ceil(needed)
-                                                                        : needed);
+    reserve_commands(cmds, entries.size() + c.cache.evicted.size() + 2);
     auto send_failed = [&] {
         // Without the Sync nothing of it was committed; a dead connection rolls back the rest.
         std::string why = trimmed(PQerrorMessage(c.conn));
@@ -1282,9 +1287,7 @@ bool wire_batch(connection_impl& c, std::span<detail::batch_entry*> entries,
     if (!c.plain_socket || c.cache.capacity == 0 || !c.cache.evicted.empty() ||
         PQtransactionStatus(c.conn) != PQTRANS_IDLE || PQpipelineStatus(c.conn) != PQ_PIPELINE_OFF)
         return false;
-    auto needed = entries.size();
-    cmds.reserve(needed <= detail::spare_vector<pipeline_command>::kept ? std::bit_ceil(needed)
-                                                                        : needed);
+    reserve_commands(cmds, entries.size());
     auto& out = c.wire_out;
     out.clear();
     for (auto* e : entries) {
@@ -1393,6 +1396,18 @@ void wire_recv(connection_impl& c, wire_progress& w, io_failure& f)
         }
         break;
     }
+}
+
+// After a wait for input on a request on the wire: what arrived, appended to c.wire_in, or
+// why the wait failed.
+void wire_input(connection_impl& c, boost::system::error_code ec, wire_progress& w, io_failure& f)
+{
+    if (ec && detail::readable_anyway(ec))
+        ec = {}; // recv reports the EOF or error
+    if (ec || !c.conn)
+        f.ec = ec ? ec : asio::error::operation_aborted;
+    else
+        wire_recv(c, w, f);
 }
 
 // A result of `st`'s columns in `format`, for rows to be added.
@@ -2136,18 +2151,6 @@ result wire_single_outcome(connection_impl& c, pipeline_command& cmd, pipeline_p
     throw lost;
 }
 
-// What arrived after a wait for input on a statement run alone on the wire.
-void wire_single_input(connection_impl& c, boost::system::error_code ec, wire_progress& w,
-                       io_failure& f)
-{
-    if (ec && detail::readable_anyway(ec))
-        ec = {}; // recv reports the EOF or error
-    if (ec || !c.conn)
-        f.ec = ec ? ec : asio::error::operation_aborted;
-    else
-        wire_recv(c, w, f);
-}
-
 } // namespace
 
 // The path of every statement, kept to one coroutine frame small enough (≤ 1020 bytes) for
@@ -2224,10 +2227,10 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
                     break;
                 try {
                     auto [ec] = co_await c.async_wait_input(std::exchange(fresh, false), use_tuple);
-                    wire_single_input(c, ec, w, p.f);
+                    wire_input(c, ec, w, p.f);
                 } catch (const boost::system::system_error& e) {
                     // co_await throws instead of waiting when cancellation was requested.
-                    wire_single_input(c, e.code(), w, p.f);
+                    wire_input(c, e.code(), w, p.f);
                 }
             }
             try {
