@@ -1,7 +1,7 @@
 // Throughput and client CPU per query: pgco beside raw libpq, in one process and one run.
 //
 //   pgco_bench --url URL [--workload W1,W2,W3|all]
-//              [--driver pgco,libpq,libpq_prepared,pgco_batch,libpq_prepared_busy|all]
+//              [--driver pgco,libpq,libpq_prepared,pgco_batch,libpq_prepared_busy,wire_floor|all]
 //              [--queries 20000] [--w2-queries 100000] [--w3-queries 200000] [--repeat 5]
 //              [--no-warmup] [--w3-window 256] [--w3-sync-every 100] [--w1-busy-ns 0]
 //
@@ -22,16 +22,19 @@
 // `pool.pipeline` (pgco's explicit batch API), for comparison with the callers of `pgco`.
 // In W1 only, with `--w1-busy-ns N` > 0: `libpq_prepared_busy`, the libpq_prepared loop
 // keeping the CPU busy for N ns (at least; no memory touched) before each query, which shows
-// what a client's own time per query costs when it shares the server's CPU.
+// what a client's own time per query costs when it shares the server's CPU. In W1 only,
+// `wire_floor`: the least work a client can do per query (a precomputed Bind/Execute/Sync sent
+// with one send(), the answer taken with blocking recv() and compared, nothing decoded), the
+// bound on what any driver can reach in W1.
 //
 // W1 lines also carry the server backend's CPU time and voluntary context switches (times it
 // slept waiting for a query) per query, read from /proc when the server runs on this machine.
 //
 // Prints one JSON object per line: every run of every driver, then the medians and the
 // pgco / libpq_prepared and pgco / libpq ratios ("stat":"ratio"; pgco_batch's are
-// "stat":"ratio_batch"). Drivers alternate run by run so that drift
-// on a shared machine affects all alike. `--driver pgco --repeat 1 --no-warmup` runs one
-// driver once, nothing else (scripts/callgrind counts its instructions).
+// "stat":"ratio_batch"; wire_floor's "ratio_floor", libpq_prepared_busy's "ratio_busy"). Drivers
+// alternate run by run so that drift on a shared machine affects all alike. `--driver pgco --repeat
+// 1 --no-warmup` runs one driver once, nothing else (scripts/callgrind counts its instructions).
 
 #include <pgco/pgco.hpp>
 
@@ -39,9 +42,11 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -244,6 +249,65 @@ measurement w1_libpq(const std::string& conninfo, long queries, bool prepared,
                 PQclear(r);
                 if (!ok)
                     throw std::runtime_error(std::string("libpq query: ") + PQerrorMessage(conn));
+            }
+        },
+        PQbackendPID(conn));
+}
+
+// W1's floor: the least a client can do per query, to bound what any driver can reach. On a
+// connection where "w1" is prepared, each query is one send() of a precomputed Bind, Execute
+// and Sync (no Describe: the statement's shape is known) on the socket made blocking, and
+// blocking recv() calls until the 37 bytes of the answer are in (one call each here, as a
+// rule); nothing is parsed but a check of the value and of ReadyForQuery. The server does at
+// most what it does for pgco. A real driver also builds a result and decodes the value; no
+// driver can make a round trip cheaper than this one, so none can be faster by more than
+// this loop is (docs/benchmarks.md, "W1's floor").
+measurement w1_wire_floor(const std::string& conninfo, long queries)
+{
+    PGconn* conn = libpq_connect(conninfo);
+    libpq_guard guard{conn};
+    libpq_prepare(conn, "w1", w1_sql, 0, nullptr);
+    // Bind (unnamed portal, statement "w1", no parameters, text results), Execute (all rows),
+    // Sync: the bytes pgco writes for a prepared statement it has described.
+    // clang-format off
+    static constexpr char request[] = {
+        'B', 0, 0, 0, 14, 0, 'w', '1', 0, 0, 0, 0, 0, 0, 0, // Bind
+        'E', 0, 0, 0, 9, 0, 0, 0, 0, 0,                      // Execute
+        'S', 0, 0, 0, 4};                                    // Sync
+    // BindComplete, DataRow (one column, "1"), CommandComplete "SELECT 1", ReadyForQuery idle.
+    static constexpr char answer[] = {
+        '2', 0, 0, 0, 4,
+        'D', 0, 0, 0, 11, 0, 1, 0, 0, 0, 1, '1',
+        'C', 0, 0, 0, 13, 'S', 'E', 'L', 'E', 'C', 'T', ' ', '1', 0,
+        'Z', 0, 0, 0, 5, 'I'};
+    // clang-format on
+    int fd = PQsocket(conn);
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) < 0)
+        throw std::runtime_error("wire_floor: cannot make the socket blocking");
+    // libpq expects its socket non-blocking again before PQfinish.
+    struct restore_flags
+    {
+        int fd, flags;
+        ~restore_flags() { fcntl(fd, F_SETFL, flags); }
+    } restore{fd, flags};
+    char in[sizeof answer];
+    return timed(
+        queries,
+        [&] {
+            for (long i = 0; i < queries; ++i) {
+                if (send(fd, request, sizeof request, MSG_NOSIGNAL) !=
+                    static_cast<ssize_t>(sizeof request))
+                    throw std::runtime_error("wire_floor: send failed");
+                std::size_t got = 0;
+                while (got < sizeof answer) {
+                    ssize_t n = recv(fd, in + got, sizeof answer - got, 0);
+                    if (n <= 0)
+                        throw std::runtime_error("wire_floor: connection lost");
+                    got += static_cast<std::size_t>(n);
+                }
+                if (std::memcmp(in, answer, sizeof answer) != 0)
+                    throw std::runtime_error("wire_floor: unexpected answer");
             }
         },
         PQbackendPID(conn));
@@ -691,16 +755,19 @@ void compare(const char* workload, int repeat, bool warmup, const std::vector<dr
         print(workload, d.name, medians[d.name], "median", 0);
     }
     // "ratio" lines are pgco's; the explicit-batch driver's are "ratio_batch", the busy libpq
-    // loop's "ratio_busy" (against libpq_prepared only).
-    const std::pair<const char*, const char*> ratio_of[] = {
-        {"pgco", "ratio"}, {"pgco_batch", "ratio_batch"}, {"libpq_prepared_busy", "ratio_busy"}};
+    // loop's "ratio_busy" and the floor's "ratio_floor" (these two against libpq_prepared only).
+    const std::pair<const char*, const char*> ratio_of[] = {{"pgco", "ratio"},
+                                                            {"pgco_batch", "ratio_batch"},
+                                                            {"libpq_prepared_busy", "ratio_busy"},
+                                                            {"wire_floor", "ratio_floor"}};
     for (auto [driver, stat] : ratio_of) {
         if (!medians.count(driver))
             continue;
         const auto& ours = medians[driver];
         for (const char* baseline : {"libpq_prepared", "libpq"}) {
-            if (!medians.count(baseline) ||
-                (std::strcmp(stat, "ratio_busy") == 0 && std::strcmp(baseline, "libpq") == 0))
+            bool prepared_only =
+                std::strcmp(stat, "ratio_busy") == 0 || std::strcmp(stat, "ratio_floor") == 0;
+            if (!medians.count(baseline) || (prepared_only && std::strcmp(baseline, "libpq") == 0))
                 continue;
             const auto& base = medians[baseline];
             std::printf("{\"workload\":\"%s\",\"stat\":\"%s\",\"baseline\":\"%s\","
@@ -735,12 +802,14 @@ std::set<std::string> parse_list(const std::string& text, const std::set<std::st
 
 int usage()
 {
-    std::fprintf(stderr, "usage: pgco_bench --url URL [--workload W1,W2,W3|all] "
-                         "[--driver pgco,libpq,libpq_prepared,pgco_batch,libpq_prepared_busy|all] "
-                         "[--queries N] "
-                         "[--w2-queries N] "
-                         "[--w3-queries N] [--repeat N] [--no-warmup] [--w3-window N] "
-                         "[--w3-sync-every N] [--w1-busy-ns N]\n");
+    std::fprintf(
+        stderr,
+        "usage: pgco_bench --url URL [--workload W1,W2,W3|all] "
+        "[--driver pgco,libpq,libpq_prepared,pgco_batch,libpq_prepared_busy,wire_floor|all] "
+        "[--queries N] "
+        "[--w2-queries N] "
+        "[--w3-queries N] [--repeat N] [--no-warmup] [--w3-window N] "
+        "[--w3-sync-every N] [--w1-busy-ns N]\n");
     return 2;
 }
 
@@ -802,7 +871,8 @@ int main(int argc, char** argv)
     try {
         workloads = parse_list(workload_list, {"W1", "W2", "W3"}, "workload");
         drivers = parse_list(
-            driver_list, {"pgco", "libpq", "libpq_prepared", "pgco_batch", "libpq_prepared_busy"},
+            driver_list,
+            {"pgco", "libpq", "libpq_prepared", "pgco_batch", "libpq_prepared_busy", "wire_floor"},
             "driver");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "%s\n", e.what());
@@ -838,7 +908,9 @@ int main(int argc, char** argv)
                           {"pgco", [&] { return w1_pgco(opts, queries); },
                            [&] { w1_pgco(opts, warm); }},
                           {"libpq_prepared_busy", [&] { return w1_libpq(ci, queries, true, busy); },
-                           [&] { w1_libpq(ci, warm, true, busy); }}}));
+                           [&] { w1_libpq(ci, warm, true, busy); }},
+                          {"wire_floor", [&] { return w1_wire_floor(ci, queries); },
+                           [&] { w1_wire_floor(ci, warm); }}}));
         }
         if (workloads.count("W2")) {
             w2_prepare(ci);
