@@ -967,27 +967,22 @@ asio::awaitable<void> finish_unfinished(std::shared_ptr<connection_impl> self)
 void describe_columns(const PGresult* description, detail::cached_statement& st)
 {
     auto n = static_cast<std::size_t>(PQnfields(description));
-    st.columns.resize(n);
-    st.names.resize(n);
-    st.attrs.resize(n);
+    auto shape = std::make_shared<detail::wire_shape>();
+    shape->names.resize(n);
+    shape->types.resize(n);
     for (std::size_t i = 0; i < n; ++i) {
         int f = static_cast<int>(i);
-        st.columns[i] = PQftype(description, f);
-        st.names[i] = PQfname(description, f);
+        shape->types[i] = PQftype(description, f);
+        shape->names[i] = PQfname(description, f);
     }
-    for (std::size_t i = 0; i < n; ++i) { // after every name is in place
-        int f = static_cast<int>(i);
-        st.attrs[i] = PGresAttDesc{
-            st.names[i].data(), PQftable(description, f), PQftablecol(description, f), 0,
-            st.columns[i],      PQfsize(description, f),  PQfmod(description, f)};
-    }
+    st.shape = std::move(shape);
     // The key starts with the SQL text and a NUL.
     st.wire_fit = n > 0 || detail::never_returns_rows_without_columns(st.key.c_str());
 }
 
 int result_format(const detail::cached_statement& st, detail::binary_check binary)
 {
-    return binary && st.described && binary(st.columns.data(), st.columns.size()) ? 1 : 0;
+    return binary && st.described && binary(st.shape->types.data(), st.shape->types.size()) ? 1 : 0;
 }
 
 // What a command of a pipeline was sent for.
@@ -1006,21 +1001,29 @@ struct pipeline_command
     std::string name;
     detail::cached_statement* statement = nullptr; // an execute's, when sent on the wire
     int format = 0;                                // and the format of its result columns
-    const char* tag = nullptr; // the command tag of `res`, when pgco assembled it (in its memory)
     PGresult* res = nullptr;
-    bool consumed = false; // its result went to the entry's sink
+    detail::wire_rows* wired = nullptr; // its result, when read on the wire
+    bool consumed = false;              // its result went to the entry's sink
 
     ~pipeline_command()
     {
         if (res) // most are taken or handed over: no call into libpq for nothing
             PQclear(res);
+        if (wired)
+            detail::wire_rows::destroy(wired);
+    }
+    // The result it ran to, for its caller.
+    result take_result() noexcept
+    {
+        return wired ? result(std::exchange(wired, nullptr)) : result(std::exchange(res, nullptr));
     }
     pipeline_command(kind_t k, detail::batch_entry* e, std::string n)
         : kind(k), entry(e), name(std::move(n))
     {}
     pipeline_command(pipeline_command&& o) noexcept
         : kind(o.kind), entry(o.entry), name(std::move(o.name)), statement(o.statement),
-          format(o.format), tag(o.tag), res(std::exchange(o.res, nullptr))
+          format(o.format), res(std::exchange(o.res, nullptr)),
+          wired(std::exchange(o.wired, nullptr))
     {}
     pipeline_command(const pipeline_command&) = delete;
 };
@@ -1231,7 +1234,7 @@ void conclude_pipeline(connection_impl& c, std::span<detail::batch_entry*> entri
             if (cmd.consumed)
                 cmd.entry->consumed = true;
             else
-                cmd.entry->res.emplace(std::exchange(cmd.res, nullptr), cmd.tag);
+                cmd.entry->res.emplace(cmd.take_result());
         }
         return;
     }
@@ -1365,15 +1368,9 @@ asio::awaitable<bool> wire_write(connection_impl& c, std::optional<asio::steady_
 // What reading a batch on the wire has collected besides pipeline_progress.
 struct wire_progress
 {
-    PGresult* building = nullptr; // the result of the statement whose rows are arriving
-    std::size_t have = 0;         // bytes of c.wire_in received and not parsed
-    std::size_t need = 0;         // bytes the next message needs, when more than `have`
-
-    ~wire_progress()
-    {
-        if (building)
-            PQclear(building);
-    }
+    std::uint32_t rows = 0; // rows of the statement whose answer is arriving, in c.wire_cells
+    std::size_t have = 0;   // bytes of c.wire_in received and not parsed
+    std::size_t need = 0;   // bytes the next message needs, when more than `have`
 };
 
 // Appends what the socket holds to c.wire_in, without waiting.
@@ -1410,49 +1407,59 @@ void wire_input(connection_impl& c, boost::system::error_code ec, wire_progress&
         wire_recv(c, w, f);
 }
 
-// A result of `st`'s columns in `format`, for rows to be added.
-PGresult* wire_result(connection_impl& c, detail::cached_statement& st, int format)
+// Forgets the rows of a statement that did not complete.
+void drop_wire_rows(connection_impl& c, wire_progress& w) noexcept
 {
-    PGresult* r =
-        PQmakeEmptyPGresult(c.conn, st.attrs.empty() ? PGRES_COMMAND_OK : PGRES_TUPLES_OK);
-    if (!r || st.attrs.empty())
-        return r;
-    for (auto& a : st.attrs)
-        a.format = format;
-    if (!PQsetResultAttrs(r, static_cast<int>(st.attrs.size()), st.attrs.data())) {
-        PQclear(r);
-        return nullptr;
-    }
-    return r;
+    w.rows = 0;
+    c.wire_cells.clear();
+    c.wire_values.clear();
 }
 
-// Adds the DataRow `body` to the result being built. False if it does not fit the columns.
+// Adds the DataRow `body` to the rows of `cmd`'s statement. False if it does not fit the
+// columns.
 bool wire_row(connection_impl& c, pipeline_command& cmd, wire_progress& w, std::string_view body)
 {
-    auto& st = *cmd.statement;
-    if (!w.building && !(w.building = wire_result(c, st, cmd.format)))
+    std::size_t n = cmd.statement->shape->types.size();
+    if (body.size() < 2 || detail::wire::get_u16(body.data()) != n || w.rows == UINT32_MAX)
         return false;
-    if (body.size() < 2 || detail::wire::get_u16(body.data()) != st.attrs.size())
-        return false;
-    int row = PQntuples(w.building);
+    auto& values = c.wire_values;
     std::size_t at = 2;
-    for (int col = 0, n = static_cast<int>(st.attrs.size()); col < n; ++col) {
+    for (std::size_t col = 0; col < n; ++col) {
         if (body.size() - at < 4)
             return false;
         auto len = detail::wire::get_u32(body.data() + at);
         at += 4;
         if (len == 0xffffffffu) {
-            if (!PQsetvalue(w.building, row, col, nullptr, -1))
-                return false;
+            c.wire_cells.push_back({0, -1});
             continue;
         }
+        // Offsets are 32 bits: a statement's values stop short of 4 GB, as libpq's do.
         if (len > body.size() - at || len > 0x7fffffffu ||
-            !PQsetvalue(w.building, row, col, const_cast<char*>(body.data() + at),
-                        static_cast<int>(len)))
+            values.size() + len + 1 > std::size_t{UINT32_MAX})
             return false;
+        c.wire_cells.push_back(
+            {static_cast<std::uint32_t>(values.size()), static_cast<std::int32_t>(len)});
+        values.append(body.data() + at, len);
+        values.push_back('\0');
         at += len;
     }
+    ++w.rows;
     return at == body.size();
+}
+
+// The result of `cmd`'s statement, completed with the CommandComplete `body` (empty for an
+// EmptyQueryResponse): the rows collected so far, copied into one block. Null if memory is
+// short.
+detail::wire_rows* complete_wire_rows(connection_impl& c, pipeline_command& cmd, wire_progress& w,
+                                      std::string_view body)
+{
+    std::string_view tag;
+    if (!body.empty() && body.back() == '\0')
+        tag = body.substr(0, body.size() - 1);
+    auto* r = detail::wire_rows::make(cmd.statement->shape, cmd.format == 1, w.rows, c.wire_cells,
+                                      c.wire_values, tag);
+    drop_wire_rows(c, w);
+    return r;
 }
 
 // An ErrorResponse or NoticeResponse meant for libpq, which never sees it: logged like the
@@ -1509,29 +1516,20 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
                 break;
             }
             auto& cmd = cmds[p.at];
-            if (!w.building && !(w.building = wire_result(c, *cmd.statement, cmd.format))) {
+            auto* r = complete_wire_rows(c, cmd, w, m.type == 'C' ? m.body : std::string_view());
+            if (!r) {
                 p.f.lost = "out of memory for a result";
                 break;
             }
-            PGresult* r = std::exchange(w.building, nullptr);
-            // The tag, NUL-terminated, in the result's memory: libpq has no field to set.
-            const char* tag = nullptr;
-            if (m.type == 'C' && !m.body.empty() && m.body.back() == '\0') {
-                if (auto* copy = static_cast<char*>(PQresultAlloc(r, m.body.size()))) {
-                    std::memcpy(copy, m.body.data(), m.body.size());
-                    tag = copy;
-                }
-            }
             if (cmd.entry && cmd.entry->sink && !cmd.consumed &&
-                PQntuples(r) <= detail::batch_entry::early_rows) {
-                result taken(r, tag);
+                r->rows <= detail::batch_entry::early_rows) {
+                result taken(r);
                 cmd.entry->sink(cmd.entry->sink_ctx, taken);
                 cmd.consumed = true;
             } else {
-                if (cmd.res)
-                    PQclear(cmd.res);
-                cmd.res = r;
-                cmd.tag = tag;
+                if (cmd.wired)
+                    detail::wire_rows::destroy(cmd.wired);
+                cmd.wired = r;
             }
             ++p.at;
             break;
@@ -1551,8 +1549,7 @@ void take_wire_results(connection_impl& c, std::span<pipeline_command> cmds, pip
                 p.f.lost = "unexpected results in the pipeline";
                 break;
             }
-            if (w.building)
-                PQclear(std::exchange(w.building, nullptr));
+            drop_wire_rows(c, w);
             p.first_error = p.at;
             std::string sqlstate(ef.sqlstate), primary(ef.primary), detail(ef.detail);
             std::string text = (sqlstate.empty() ? "" : sqlstate + ": ") + primary;
@@ -1598,6 +1595,14 @@ void trim_wire_buffers(connection_impl& c)
         c.wire_out.clear();
         c.wire_out.shrink_to_fit();
     }
+    if (c.wire_values.capacity() > kept) {
+        c.wire_values.clear();
+        c.wire_values.shrink_to_fit();
+    }
+    if (c.wire_cells.capacity() * sizeof(detail::wire_rows::cell) > kept) {
+        c.wire_cells.clear();
+        c.wire_cells.shrink_to_fit();
+    }
 }
 
 // After a failed wait for a request on the wire: whether it was a cancellation that leaves the
@@ -1621,6 +1626,7 @@ asio::awaitable<void> run_wire_pipeline(connection_impl& c, std::span<detail::ba
     pipeline_progress p;
     p.first_error = cmds.size();
     wire_progress w;
+    drop_wire_rows(c, w); // what a request that failed midway may have left
     auto deadline = make_deadline(c);
     ++c.wire_requests;
     p.fresh = co_await wire_write(c, deadline, p.f);
@@ -2056,11 +2062,10 @@ struct wire_call
     pipeline_progress p;
     wire_progress w;
 
-    void start(cached_statement& st, int format)
+    void start(connection_impl& c, cached_statement& st, int format)
     {
-        if (cmd.res)
-            PQclear(std::exchange(cmd.res, nullptr));
-        cmd.tag = nullptr;
+        if (cmd.wired)
+            wire_rows::destroy(std::exchange(cmd.wired, nullptr));
         cmd.consumed = false;
         cmd.statement = &st;
         cmd.format = format;
@@ -2072,8 +2077,7 @@ struct wire_call
         p.f.timed_out = false;
         p.f.lost.clear();
         p.said.reset();
-        if (w.building)
-            PQclear(std::exchange(w.building, nullptr));
+        drop_wire_rows(c, w);
         w.have = w.need = 0;
     }
 };
@@ -2135,7 +2139,7 @@ result wire_single_outcome(connection_impl& c, pipeline_command& cmd, pipeline_p
         trim_wire_buffers(c);
         if (p.said)
             throw *p.said;
-        return result(std::exchange(cmd.res, nullptr), cmd.tag);
+        return cmd.take_result();
     }
     if (p.f.ec == asio::error::operation_aborted || !c.conn)
         throw_io_failure(c, p.f, wire_cancelled(c, p.f, w, sent_whole));
@@ -2193,7 +2197,7 @@ asio::awaitable<result> connection::exec_params(std::string_view sql, detail::pa
             if (!c.wire_single)
                 c.wire_single.reset(new detail::wire_call);
             auto& call = *c.wire_single;
-            call.start(*it, result_format(*it, binary));
+            call.start(c, *it, result_format(*it, binary));
             auto& [cmd, p, w] = call;
             std::size_t sent = wire_send_single(c, cmd, params, read_now);
             bool fresh = !read_now;

@@ -6,6 +6,7 @@
 #include "early_read.hpp"
 #include "edge_wait.hpp"
 #include "statement_kind.hpp"
+#include "wire_rows.hpp"
 
 #include <pgco/connection.hpp>
 
@@ -39,15 +40,12 @@ struct cached_statement
 {
     std::string key;  // SQL, a NUL, then the parameter type OIDs' bytes (see statement_key)
     std::string name; // "pgco_<n>", unique per connection
-    std::vector<oid> columns{}; // result column types, from Describe
-    // The columns as Describe reported them, for the results pgco assembles itself (see
-    // wire.hpp); each name points into `names`. Set with `columns`; only the format changes,
-    // set for each result.
-    std::vector<PGresAttDesc> attrs{};
-    std::vector<std::string> names{};
+    // The result columns as Describe reported them (set with `described`), shared with the
+    // results read off the wire for it (see wire_rows.hpp).
+    std::shared_ptr<const wire_shape> shape{};
     bool described = false;
-    // Its results can be built with libpq's public API (see wire.hpp): it has columns, or it
-    // returns no rows. Set with `columns`.
+    // Its results are read off the wire (see wire.hpp) once described: it has columns, or it
+    // returns no rows. Set with `shape`.
     bool wire_fit = false;
     bool prepared = false; // the server confirmed the Parse
 };
@@ -236,8 +234,12 @@ struct connection_impl
     // Neither TLS nor GSS encryption: pgco may write and read protocol messages on the socket
     // itself while libpq is idle (see wire.hpp).
     bool plain_socket = false;
-    std::string wire_out;            // a batch's messages, reused between batches
-    std::string wire_in;             // what was received and not parsed yet
+    std::string wire_out; // a batch's messages, reused between batches
+    std::string wire_in;  // what was received and not parsed yet
+    // The rows of the statement whose answer is being read on the wire, until its completion
+    // copies them into its result (see wire_rows.hpp): reused between statements.
+    std::vector<wire_rows::cell> wire_cells;
+    std::string wire_values;
     std::uint64_t wire_requests = 0; // batches and statements sent that way (for tests)
     // A cancelled request on the wire still has answers to drop (see `unfinished`), the first
     // `wire_pending` bytes of `wire_in` already received.
@@ -261,6 +263,8 @@ struct connection_impl
         cache.clear(); // prepared statements die with the session
         plain_socket = false;
         wire_in.clear();
+        wire_cells.clear();
+        wire_values.clear();
         wire_unfinished = false;
         wire_pending = 0;
         unfinished = false;

@@ -1,6 +1,8 @@
 #include <pgco/result.hpp>
 #include <pgco/types.hpp>
 
+#include "wire_rows.hpp"
+
 #include <libpq-fe.h>
 
 #include <charconv>
@@ -70,39 +72,61 @@ void result::deleter::operator()(pg_result* r) const noexcept
     PQclear(r);
 }
 
+void result::deleter::operator()(detail::wire_rows* r) const noexcept
+{
+    detail::wire_rows::destroy(r);
+}
+
+// Each accessor answers for a result read off the wire as libpq's would for the same answer,
+// out-of-range indexes included.
+
 std::size_t result::size() const noexcept
 {
+    if (wire_)
+        return wire_->rows;
     return res_ ? static_cast<std::size_t>(PQntuples(res_.get())) : 0;
 }
 
 std::size_t result::columns() const noexcept
 {
+    if (wire_)
+        return wire_->columns;
     return res_ ? static_cast<std::size_t>(PQnfields(res_.get())) : 0;
 }
 
 std::string_view result::column_name(std::size_t c) const noexcept
 {
+    if (wire_)
+        return c < wire_->columns ? std::string_view(wire_->shape->names[c]) : std::string_view();
     const char* n = res_ ? PQfname(res_.get(), static_cast<int>(c)) : nullptr;
     return n ? std::string_view(n) : std::string_view();
 }
 
 oid result::column_type(std::size_t c) const noexcept
 {
+    if (wire_)
+        return c < wire_->columns ? wire_->shape->types[c] : 0;
     return res_ ? PQftype(res_.get(), static_cast<int>(c)) : 0;
 }
 
 bool result::is_null(std::size_t row, std::size_t c) const noexcept
 {
+    if (wire_)
+        return wire_->at(row, c) == nullptr;
     return PQgetisnull(res_.get(), static_cast<int>(row), static_cast<int>(c)) != 0;
 }
 
 bool result::is_binary(std::size_t c) const noexcept
 {
+    if (wire_)
+        return c < wire_->columns && wire_->binary;
     return res_ && PQfformat(res_.get(), static_cast<int>(c)) == 1;
 }
 
 result::column_format result::format_of(std::size_t c) const noexcept
 {
+    if (wire_)
+        return {column_type(c), is_binary(c)};
     if (!res_)
         return {};
     auto col = static_cast<int>(c);
@@ -111,6 +135,12 @@ result::column_format result::format_of(std::size_t c) const noexcept
 
 result::field_view result::field(std::size_t row, std::size_t c) const noexcept
 {
+    if (wire_) {
+        const auto* v = wire_->at(row, c);
+        if (!v)
+            return {{}, true};
+        return {{wire_->bytes + v->offset, static_cast<std::size_t>(v->length)}, false};
+    }
     auto r = static_cast<int>(row);
     auto col = static_cast<int>(c);
     if (PQgetisnull(res_.get(), r, col))
@@ -122,6 +152,12 @@ result::field_view result::field(std::size_t row, std::size_t c) const noexcept
 
 std::string_view result::value(std::size_t row, std::size_t c) const noexcept
 {
+    if (wire_) {
+        if (const auto* v = wire_->at(row, c))
+            return {wire_->bytes + v->offset, static_cast<std::size_t>(v->length)};
+        // libpq: "" for NULL, a null pointer out of range
+        return row < wire_->rows && c < wire_->columns ? std::string_view("") : std::string_view();
+    }
     auto r = static_cast<int>(row);
     auto col = static_cast<int>(c);
     return {PQgetvalue(res_.get(), r, col),
@@ -148,9 +184,9 @@ std::string_view tag_rows(std::string_view tag) noexcept
 
 std::uint64_t result::rows_affected() const noexcept
 {
-    if (!res_)
-        return 0;
-    std::string_view tuples = tag_ ? tag_rows(tag_) : std::string_view(PQcmdTuples(res_.get()));
+    std::string_view tuples = wire_  ? tag_rows(wire_->tag)
+                              : res_ ? std::string_view(PQcmdTuples(res_.get()))
+                                     : std::string_view();
     std::uint64_t n = 0;
     std::from_chars(tuples.data(), tuples.data() + tuples.size(), n);
     return n;
@@ -158,7 +194,7 @@ std::uint64_t result::rows_affected() const noexcept
 
 std::string_view result::command_status() const noexcept
 {
-    const char* status = !res_ ? nullptr : tag_ ? tag_ : PQcmdStatus(res_.get());
+    const char* status = wire_ ? wire_->tag : res_ ? PQcmdStatus(res_.get()) : nullptr;
     return status ? std::string_view(status) : std::string_view();
 }
 

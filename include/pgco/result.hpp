@@ -18,7 +18,12 @@ struct pg_result; // libpq's PGresult, kept out of user code
 
 namespace pgco {
 
-/// The complete result of one statement, owning libpq's buffer. Values are read in place.
+namespace detail {
+struct wire_rows; // a result pgco read off the wire itself (src/wire_rows.hpp)
+} // namespace detail
+
+/// The complete result of one statement, owning its buffer (libpq's, or pgco's own for a
+/// statement whose answer it read itself). Values are read in place.
 ///
 /// Decoding is checked: `as<Row>()` compares the column count and every column's type with
 /// `Row` before it reads a value, and fails with `column_count_mismatch`, `type_mismatch`,
@@ -34,9 +39,8 @@ public:
     result() noexcept = default;
     /// Takes ownership of a libpq result.
     explicit result(pg_result* r) noexcept : res_(r) {}
-    /// Takes ownership of a result pgco assembled itself, whose command tag libpq has no way
-    /// to record: `tag` (null: libpq's), in memory `r` owns.
-    result(pg_result* r, const char* tag) noexcept : res_(r), tag_(tag) {}
+    /// Takes ownership of a result pgco read off the wire itself (internal).
+    explicit result(detail::wire_rows* w) noexcept : wire_(w) {}
 
     /// Number of rows.
     std::size_t size() const noexcept;
@@ -188,9 +192,11 @@ private:
     struct deleter
     {
         void operator()(pg_result* r) const noexcept;
+        void operator()(detail::wire_rows* r) const noexcept;
     };
+    // One of them, or neither for an empty result.
     std::unique_ptr<pg_result, deleter> res_;
-    const char* tag_ = nullptr;
+    std::unique_ptr<detail::wire_rows, deleter> wire_;
 };
 
 namespace detail {

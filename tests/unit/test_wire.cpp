@@ -1,7 +1,8 @@
 // The protocol messages pgco writes and reads itself for batches on the wire (src/wire.hpp),
 // byte for byte as the PostgreSQL documentation's "Message Formats" lays them out, and the
-// command tags of the results it assembles.
+// results it assembles from what it read (src/wire_rows.hpp), which must answer as libpq's do.
 #include "wire.hpp"
+#include "wire_rows.hpp"
 
 #include <pgco/result.hpp>
 
@@ -9,7 +10,10 @@
 #include <libpq-fe.h>
 
 #include <cstring>
+#include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 using namespace std::string_literals;
 namespace wire = pgco::detail::wire;
@@ -113,10 +117,7 @@ namespace {
 
 pgco::result tagged(const char* tag)
 {
-    PGresult* r = PQmakeEmptyPGresult(nullptr, PGRES_COMMAND_OK);
-    auto* copy = static_cast<char*>(PQresultAlloc(r, std::strlen(tag) + 1));
-    std::strcpy(copy, tag);
-    return pgco::result(r, copy);
+    return pgco::result(pgco::detail::wire_rows::make(nullptr, false, 0, {}, {}, tag));
 }
 
 } // namespace
@@ -135,4 +136,126 @@ TEST(wire, results_assembled_by_pgco_report_their_command_tag_as_libpq_would)
     pgco::result to = std::move(moved);
     EXPECT_EQ(to.rows_affected(), 4u);
     EXPECT_EQ(moved.command_status(), ""); // NOLINT(bugprone-use-after-move): says so
+}
+
+namespace {
+
+// Two rows of (id int4, name text, note text): (7, "seven", NULL) and (8, "", "x\0y"), in
+// `format`, built the way libpq builds results (`columns` set, values copied) and the way pgco
+// does.
+struct both_results
+{
+    pgco::result libpq, ours;
+};
+
+both_results two_rows(int format)
+{
+    std::vector<std::string> names = {"id", "name", "note"};
+    std::vector<pgco::oid> types = {23, 25, 25};
+    std::string id7 = format ? "\x00\x00\x00\x07"s : "7"s,
+                id8 = format ? "\x00\x00\x00\x08"s : "8"s;
+    const std::string* rows[2][3] = {{&id7, nullptr, nullptr}, {&id8, nullptr, nullptr}};
+    std::string seven = "seven", empty, xy("x\0y", 3);
+    rows[0][1] = &seven;
+    rows[1][1] = &empty;
+    rows[1][2] = &xy;
+
+    PGresult* r = PQmakeEmptyPGresult(nullptr, PGRES_TUPLES_OK);
+    PGresAttDesc attrs[3];
+    for (int c = 0; c < 3; ++c)
+        attrs[c] = PGresAttDesc{names[c].data(), 0, 0, format, types[c], -1, -1};
+    EXPECT_TRUE(PQsetResultAttrs(r, 3, attrs));
+    std::vector<pgco::detail::wire_rows::cell> cells;
+    std::string bytes;
+    for (int row = 0; row < 2; ++row)
+        for (int c = 0; c < 3; ++c) {
+            const std::string* v = rows[row][c];
+            EXPECT_TRUE(PQsetvalue(r, row, c, v ? const_cast<char*>(v->data()) : nullptr,
+                                   v ? static_cast<int>(v->size()) : -1));
+            if (!v) {
+                cells.push_back({0, -1});
+                continue;
+            }
+            cells.push_back(
+                {static_cast<std::uint32_t>(bytes.size()), static_cast<std::int32_t>(v->size())});
+            bytes += *v;
+            bytes += '\0';
+        }
+    auto shape = std::make_shared<pgco::detail::wire_shape>();
+    shape->names = names;
+    shape->types = types;
+    return {pgco::result(r), pgco::result(pgco::detail::wire_rows::make(shape, format == 1, 2,
+                                                                        cells, bytes, "SELECT 2"))};
+}
+
+} // namespace
+
+TEST(wire, results_read_off_the_wire_answer_every_accessor_as_libpq_results_do)
+{
+    for (int format : {0, 1}) {
+        SCOPED_TRACE(format ? "binary" : "text");
+        auto [libpq, ours] = two_rows(format);
+        ASSERT_EQ(ours.size(), libpq.size());
+        ASSERT_EQ(ours.columns(), libpq.columns());
+        // One past the end in each direction too: libpq answers those without failing.
+        for (std::size_t c = 0; c <= 3; ++c) {
+            EXPECT_EQ(ours.column_name(c), libpq.column_name(c)) << c;
+            EXPECT_EQ(ours.column_type(c), libpq.column_type(c)) << c;
+            EXPECT_EQ(ours.is_binary(c), libpq.is_binary(c)) << c;
+            for (std::size_t row = 0; row <= 2; ++row) {
+                EXPECT_EQ(ours.is_null(row, c), libpq.is_null(row, c)) << row << "," << c;
+                EXPECT_EQ(ours.value(row, c), libpq.value(row, c)) << row << "," << c;
+                EXPECT_EQ(ours.value(row, c).data() == nullptr,
+                          libpq.value(row, c).data() == nullptr)
+                    << row << "," << c;
+            }
+        }
+        // Text values are NUL-terminated, as libpq's are.
+        EXPECT_STREQ(ours.value(0, 1).data(), "seven");
+        struct row
+        {
+            int id;
+            std::string name;
+            std::optional<std::string> note;
+        };
+        auto mine = ours.as<row>();
+        auto theirs = libpq.as<row>();
+        ASSERT_EQ(mine.size(), 2u);
+        for (std::size_t i = 0; i < 2; ++i) {
+            EXPECT_EQ(mine[i].id, theirs[i].id);
+            EXPECT_EQ(mine[i].name, theirs[i].name);
+            EXPECT_EQ(mine[i].note, theirs[i].note);
+        }
+        EXPECT_EQ(mine[1].note, std::string("x\0y", 3));
+        EXPECT_EQ(ours.rows_affected(), 2u);
+        EXPECT_EQ(ours.command_status(), "SELECT 2");
+        // The same failures, naming the same column.
+        try {
+            (void)ours.as<int>();
+            ADD_FAILURE() << "three columns read as one";
+        } catch (const pgco::error& e) {
+            EXPECT_NE(std::string(e.what()).find("(id, name, note)"), std::string::npos)
+                << e.what();
+        }
+        try {
+            (void)ours.get<std::string>(0, 2);
+            ADD_FAILURE() << "NULL read as a string";
+        } catch (const pgco::error& e) {
+            EXPECT_EQ(e.code(), pgco::errc::unexpected_null);
+            EXPECT_NE(std::string(e.what()).find("column 3 ('note')"), std::string::npos)
+                << e.what();
+        }
+    }
+}
+
+TEST(wire, a_result_read_off_the_wire_keeps_its_columns_when_the_statement_is_gone)
+{
+    auto shape = std::make_shared<pgco::detail::wire_shape>();
+    shape->names = {"n"};
+    shape->types = {23};
+    std::vector<pgco::detail::wire_rows::cell> cells = {{0, 1}};
+    pgco::result r(pgco::detail::wire_rows::make(shape, false, 1, cells, "5\0"s, "SELECT 1"));
+    shape.reset(); // the cache entry evicted, the connection closed
+    EXPECT_EQ(r.column_name(0), "n");
+    EXPECT_EQ(r.get<int>(0, 0), 5);
 }
