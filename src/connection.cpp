@@ -976,8 +976,6 @@ void describe_columns(const PGresult* description, detail::cached_statement& st)
         shape->names[i] = PQfname(description, f);
     }
     st.shape = std::move(shape);
-    // The key starts with the SQL text and a NUL.
-    st.wire_fit = n > 0 || detail::never_returns_rows_without_columns(st.key.c_str());
 }
 
 int result_format(const detail::cached_statement& st, detail::binary_check binary)
@@ -1295,7 +1293,7 @@ bool wire_batch(connection_impl& c, std::span<detail::batch_entry*> entries,
     out.clear();
     for (auto* e : entries) {
         auto it = e->params.count <= 65535 ? c.cache.find(e->key) : c.cache.end();
-        if (it == c.cache.end() || !it->prepared || !it->described || !it->wire_fit) {
+        if (it == c.cache.end() || !it->prepared || !it->described) {
             cmds.clear();
             return false;
         }
@@ -1801,13 +1799,6 @@ bool keyword_is(std::string_view word, std::string_view keyword) noexcept
 
 } // namespace
 
-bool never_returns_rows_without_columns(std::string_view sql) noexcept
-{
-    auto word = first_word(sql);
-    return word && (keyword_is(*word, "INSERT") || keyword_is(*word, "UPDATE") ||
-                    keyword_is(*word, "DELETE"));
-}
-
 bool shareable_statement(std::string_view sql) noexcept
 {
     // Runs for every statement: no locale (keywords are ASCII), and the common case, a
@@ -2096,8 +2087,8 @@ namespace {
 bool wire_single(connection_impl& c, const detail::cached_statement& st,
                  const detail::params_view& params)
 {
-    return c.plain_socket && st.prepared && st.described && st.wire_fit &&
-           c.cache.evicted.empty() && c.query_timeout.count() == 0 && params.count <= 65535 &&
+    return c.plain_socket && st.prepared && st.described && c.cache.evicted.empty() &&
+           c.query_timeout.count() == 0 && params.count <= 65535 &&
            PQtransactionStatus(c.conn) == PQTRANS_IDLE;
 }
 

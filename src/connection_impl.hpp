@@ -44,9 +44,6 @@ struct cached_statement
     // results read off the wire for it (see wire_rows.hpp).
     std::shared_ptr<const wire_shape> shape{};
     bool described = false;
-    // Its results are read off the wire (see wire.hpp) once described: it has columns, or it
-    // returns no rows. Set with `shape`.
-    bool wire_fit = false;
     bool prepared = false; // the server confirmed the Parse
 };
 

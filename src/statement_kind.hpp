@@ -10,10 +10,4 @@ namespace pgco::detail {
 /// them). Transaction control, SET, utility commands (VACUUM...) run alone, unnamed.
 bool shareable_statement(std::string_view sql) noexcept;
 
-/// True for INSERT / UPDATE / DELETE (after what shareable_statement skips): statements that
-/// return no rows at all when they return no columns. A SELECT of no columns
-/// (`SELECT FROM t`) still returns rows, which a result without columns cannot hold unless
-/// libpq builds it.
-bool never_returns_rows_without_columns(std::string_view sql) noexcept;
-
 } // namespace pgco::detail

@@ -42,17 +42,3 @@ TEST(shareable_statement, block_comments_nest_as_in_postgresql)
     EXPECT_TRUE(shareable_statement("/* a /* b */ BEGIN */ SELECT 1"));
     EXPECT_FALSE(shareable_statement("/* a /* b */ SELECT 1")); // still inside the comment
 }
-
-TEST(never_returns_rows_without_columns, holds_for_dml_only)
-{
-    using pgco::detail::never_returns_rows_without_columns;
-    EXPECT_TRUE(never_returns_rows_without_columns("INSERT INTO t VALUES (1)"));
-    EXPECT_TRUE(never_returns_rows_without_columns("update t SET a = 1"));
-    EXPECT_TRUE(never_returns_rows_without_columns("/* c */ (DELETE FROM t"));
-    EXPECT_FALSE(never_returns_rows_without_columns("SELECT FROM t")); // rows of no columns
-    EXPECT_FALSE(never_returns_rows_without_columns("WITH x AS (SELECT 1) SELECT FROM x"));
-    EXPECT_FALSE(never_returns_rows_without_columns("TABLE t"));
-    EXPECT_FALSE(never_returns_rows_without_columns("VALUES (1)"));
-    EXPECT_FALSE(never_returns_rows_without_columns("INSERT_1"));
-    EXPECT_FALSE(never_returns_rows_without_columns(""));
-}
