@@ -1149,3 +1149,42 @@ TEST(connection, a_request_on_the_wire_larger_than_the_socket_buffer_is_sent_who
         },
         30s);
 }
+
+TEST(connection, a_result_read_on_the_wire_outlives_its_statement_and_its_connection)
+{
+    // Its column names and types are the prepared statement's (src/wire_rows.hpp): evicting
+    // the statement from a cache of one, then closing the connection, must leave the result
+    // whole (ASan would report a read of freed memory).
+    run(
+        []() -> awaitable<void> {
+            auto c = co_await connected(pgco::test::url_with("statement_cache_size=1"));
+            auto& impl = pgco::detail::impl_of(c);
+            const std::string sql =
+                "SELECT $1::int AS n, repeat('x', $1) AS xs, NULL::text AS none";
+            co_await c.exec(sql, 3); // prepares and describes it
+            auto before = impl.wire_requests;
+            auto kept = co_await c.exec(sql, 4);
+            EXPECT_EQ(impl.wire_requests, before + 1);
+            pgco::batch b;
+            b.add(sql, 5);
+            auto batch = co_await c.pipeline(b);
+            EXPECT_EQ(impl.wire_requests, before + 2);
+            co_await c.exec("SELECT 1 AS other"); // the cache holds one: this evicts `sql`
+            c.close();
+            for (const pgco::result* r : {&kept, &batch.at(0)}) {
+                EXPECT_EQ(r->columns(), 3u);
+                if (r->columns() != 3u)
+                    continue;
+                EXPECT_EQ(r->column_name(0), "n");
+                EXPECT_EQ(r->column_name(1), "xs");
+                EXPECT_EQ(r->column_name(2), "none");
+                EXPECT_EQ(r->column_type(0), pgco::oids::int4);
+                EXPECT_TRUE(r->is_null(0, 2));
+                EXPECT_EQ(r->command_status(), "SELECT 1");
+            }
+            EXPECT_EQ(kept.get<int>(0, 0), 4);
+            EXPECT_EQ(kept.get<std::string>(0, 1), "xxxx");
+            EXPECT_EQ(batch.at(0).get<std::string>(0, 1), "xxxxx");
+        },
+        20s);
+}
