@@ -260,8 +260,6 @@ struct connection_impl
         cache.clear(); // prepared statements die with the session
         plain_socket = false;
         wire_in.clear();
-        wire_cells.clear();
-        wire_values.clear();
         wire_unfinished = false;
         wire_pending = 0;
         unfinished = false;
